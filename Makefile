@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 and the package registries):
+#   make figures   build .venv if missing, execute every notebook (default preset) -> figures/
+#   make test      build .venv if missing, run the unit tests and every notebook in the smoke preset
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+PRESET ?= cpu
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env test figures lab bench base-model lock clean
+
+env: $(STAMP)
+
+# torch is installed first and alone: otherwise a dependency's unpinned `torch` resolves the CUDA
+# build (several GB). Packages that ship data we read are installed without their dependencies.
+$(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements-lock.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c requirements-lock.txt -e .
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+test: env
+	FEDALIGN_PRESET=smoke FEDALIGN_FIGURES_DIR=$$(mktemp -d) \
+	  $(BIN)/python -m pytest -q tests $(NOTEBOOKS) --nbval-lax --durations=10
+
+figures: env
+	mkdir -p build/notebooks
+	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
+	  ../$(BIN)/papermill $$nb ../build/notebooks/$$nb -p preset $(PRESET) --cwd . || exit 1; done
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+bench: env
+	$(BIN)/python benchmarks/dpo_step.py
+
+base-model: env
+	$(BIN)/python -m fedalign_lite.base_model
+
+lock: env
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^fedalign' > requirements-lock.txt
+
+clean:
+	rm -rf build runs

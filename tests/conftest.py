@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The random-tiny model and the project tokenizer (seeded)."""
+    from fedalign_lite.models import load_model
+
+    return load_model("random-tiny", seed=0)
