@@ -40,12 +40,13 @@ def check_choice(field: str, value, allowed) -> None:
 def check_positive(field: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
     """Raise ConfigError unless ``value`` is a positive (or non-negative) number of the right type."""
     kind = "integer" if integer else "number"
+    article = "an" if integer else "a"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
-        raise ConfigError(f"{field} must be a {kind}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{field} must be {article} {kind}, got {value!r} ({type(value).__name__})")
     if value < 0 or (value == 0 and not allow_zero) or value != value:
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{field} must be a {kind} {bound}, got {value!r}")
+        raise ConfigError(f"{field} must be {article} {kind} {bound}, got {value!r}")
 
 
 def check_probability_vector(field: str, values, *, length: int | None = None, tol: float = 1e-6) -> None:

@@ -1,0 +1,101 @@
+"""The round loop: determinism, faults, bytes, checkpoints, kill-and-resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedalign_lite.checkpoint import load_checkpoint, save_checkpoint
+from fedalign_lite.errors import AllClientsFailedError, CheckpointError
+from fedalign_lite.federated import derive_seed, sample_clients
+
+sys.path.insert(0, str(Path(__file__).parent))
+import toy_algorithm as toy  # noqa: E402
+
+TIMING = {"seconds"}
+
+
+def _numbers(run):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in run.history]
+
+
+def test_training_reduces_loss_and_is_deterministic():
+    a, b = toy.run(15), toy.run(15)
+    assert _numbers(a) == _numbers(b)
+    assert a.history[-1]["global_loss"] < 0.2 * a.history[0]["global_loss"]
+    assert _numbers(toy.run(15, seed=1)) != _numbers(a)
+
+
+def test_personal_state_persists_across_rounds():
+    run = toy.run(4)
+    assert run.personal_states == {0: {"steps": 12}, 1: {"steps": 12}, 2: {"steps": 12}}
+
+
+def test_bytes_counted_from_tensors_sent():
+    h = toy.run(1).history[1]
+    # down: one float32 vector of DIM per client; up: the vector + num_samples + one metric
+    assert h["bytes_down"] == toy.CLIENTS * toy.DIM * 4
+    assert h["bytes_up"] == toy.CLIENTS * (toy.DIM * 4 + 8 + 8)
+
+
+def test_failing_and_nan_clients_are_left_out():
+    with pytest.warns(UserWarning, match="client 1 left out"):
+        run = toy.run(2, fail=(1,), nan=(2,))
+    assert [h["clients_ok"] for h in run.history[1:]] == [1, 1]
+    statuses = {r["client"]: r["status"] for r in run.client_log if r["round"] == 1}
+    assert statuses[0] == "ok" and "RuntimeError" in statuses[1] and "NaN" in statuses[2]
+    assert run.personal_states[1] == {} and run.personal_states[0] == {"steps": 6}
+
+
+def test_all_clients_failing_is_a_clear_error():
+    with pytest.warns(UserWarning), pytest.raises(AllClientsFailedError, match="all 3 sampled clients failed"):
+        toy.run(1, fail=(0, 1, 2))
+
+
+def test_seeds_and_sampling():
+    assert derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+    assert sample_clients(10, 3, seed=0, round_=1) == sample_clients(10, 3, seed=0, round_=1)
+    assert len(set(sample_clients(10, 3, 0, 1))) == 3 and sample_clients(4, 4, 0, 1) == [0, 1, 2, 3]
+
+
+def test_checkpoint_roundtrip_keeps_types(tmp_path):
+    state = {"a": torch.arange(3.0), 3: [1, 2.5, None, "x"], "opt": {0: {"m": torch.ones(2)}},
+             "t": (torch.zeros(1), True)}
+    save_checkpoint(tmp_path / "c.safetensors", state)
+    back = load_checkpoint(tmp_path / "c.safetensors")
+    assert back[3] == [1, 2.5, None, "x"] and torch.equal(back["opt"][0]["m"], torch.ones(2))
+    assert isinstance(back["t"], tuple) and torch.equal(back["a"], state["a"])
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    toy.run(1, run_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="seed 0; this run has 'toy' and seed 5"):
+        toy.run(2, run_dir=tmp_path, seed=5)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    rounds = 12
+    reference = _numbers(toy.run(rounds))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, str(Path(toy.__file__)), str(tmp_path), str(rounds), "0.05"], env=env)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline:   # kill once a few rounds are checkpointed, mid-run
+        if ckpt.exists() and load_checkpoint(ckpt)["round"] >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ckpt)["round"]
+    assert 3 <= killed_at < rounds, "the run finished before it could be killed"
+    resumed = toy.run(rounds, run_dir=tmp_path)
+    assert _numbers(resumed) == reference
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["round"] for l in lines] == list(range(rounds + 1))
