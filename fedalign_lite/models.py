@@ -128,3 +128,20 @@ def add_lora(model, r: int = 8, alpha: int = 16):
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_target_modules(model),
                      task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+def get_adapter_state(model) -> dict:
+    """Exactly what a client uploads: the LoRA state dict, detached and cloned."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def set_adapter_state(model, state: dict) -> None:
+    """Load a LoRA state dict (as returned by :func:`get_adapter_state`) into ``model`` in place."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ConfigError(f"adapter state has keys the model lacks: {unexpected[:3]}")

@@ -1,0 +1,36 @@
+"""Sequence log-probabilities and the DPO loss (PAPERS.md 1.6), checked against TRL in the tests."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   completion_mask: torch.Tensor) -> torch.Tensor:
+    """sum_t log pi(y_t | x, y_<t) over completion tokens, shape (B,) in nats.
+
+    All inputs are (B, T); ``completion_mask`` is 1 on the response tokens.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    token_logps = torch.gather(logits.float().log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * completion_mask[:, 1:]).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float):
+    """L = -log sigma(beta[(log pi_w - log ref_w) - (log pi_l - log ref_l)]), mean over pairs.
+
+    Inputs are sequence log-probs of shape (B,). Returns ``(loss, chosen_rewards, rejected_rewards)``
+    where the implicit rewards r = beta * log(pi/ref) have shape (B,) and are detached.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    loss = -F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
+    return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+
+
+def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """Fraction of pairs whose chosen implicit reward is strictly above the rejected one (TRL's
+    ``rewards/accuracies``; ties count as wrong)."""
+    return (chosen_rewards > rejected_rewards).float().mean().item()

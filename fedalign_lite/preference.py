@@ -1,0 +1,65 @@
+"""Preference pairs ``{"prompt", "chosen", "rejected"}``: building them and tokenizing them as TRL does."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from . import assets
+from .chat import format_prompt
+
+
+def review_pairs(seed: int = 0) -> list[dict]:
+    """Sentiment preference pairs from Rotten Tomatoes: for one movie, a fresh snippet is chosen
+    over a rotten one (like FedPDPO's IMDB triple). ``movie`` is kept for partitioning."""
+    rt = assets.rotten_tomatoes()
+    rt = rt[rt.kind == "review"]
+    rng = random.Random(seed)
+    pairs = []
+    for movie, g in sorted(rt.groupby("movie"), key=lambda kv: kv[0]):
+        fresh, rotten = g.text[g.label == 1].tolist(), g.text[g.label == 0].tolist()
+        rng.shuffle(fresh)
+        rng.shuffle(rotten)
+        for c, r in zip(fresh, rotten):
+            pairs.append({"prompt": f"Write a review of the movie {movie}.", "chosen": c, "rejected": r,
+                          "movie": movie})
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tokenize_pair(tok, pair: dict) -> dict:
+    """``{"prompt_ids", "chosen_ids", "rejected_ids"}`` exactly as TRL's DPOTrainer builds them:
+    EOS text appended to both responses; the completion starts where the tokenized prompt and the
+    tokenized prompt+response first differ."""
+    prompt = format_prompt(pair["prompt"], tok)
+    ids = lambda text: tok(text)["input_ids"]  # noqa: E731
+    p, pc, pr = ids(prompt), ids(prompt + pair["chosen"] + tok.eos_token), ids(prompt + pair["rejected"] + tok.eos_token)
+    n = min(_common_prefix(p, pc), _common_prefix(p, pr))
+    return {"prompt_ids": p[:n], "chosen_ids": pc[n:], "rejected_ids": pr[n:]}
+
+
+def collate(tokenized: list[dict], pad_id: int, max_length: int | None = None) -> dict:
+    """Stack B tokenized pairs into (2B, T) tensors: rows [chosen_1..chosen_B, rejected_1..rejected_B],
+    right-padded, truncated to ``max_length``. Keys: input_ids, attention_mask, completion_mask."""
+    seqs, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for t in tokenized:
+            seqs.append(t["prompt_ids"] + t[side])
+            masks.append([0] * len(t["prompt_ids"]) + [1] * len(t[side]))
+    width = max(len(s) for s in seqs)
+    if max_length:
+        width = min(width, max_length)
+    ids = torch.full((len(seqs), width), pad_id)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    comp = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        s, m = s[:width], m[:width]
+        ids[i, : len(s)], att[i, : len(s)], comp[i, : len(m)] = torch.tensor(s), 1, torch.tensor(m)
+    return {"input_ids": ids, "attention_mask": att, "completion_mask": comp}
