@@ -118,3 +118,58 @@ def make_evaluate(model, tokenized_eval: list[dict], pad_id: int, cfg):
                 "eval_margin": (rc - rr).mean().item()}
 
     return evaluate
+
+
+def pair_group(pair: dict, groups: int = 5) -> int:
+    """A stable pseudo-category of a review pair (a hash of its movie into ``groups`` buckets); the
+    label that the Dirichlet and natural partitions of review pairs split on."""
+    import zlib
+
+    return zlib.crc32(pair["movie"].encode()) % groups
+
+
+def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
+    """Client index lists for ``pairs`` according to ``cfg.partition``."""
+    from .errors import ConfigError
+    from .partition import partition_dirichlet, partition_iid, partition_natural
+
+    labels = [pair_group(p) for p in pairs]
+    if cfg.partition == "iid":
+        return partition_iid(len(pairs), cfg.num_clients, cfg.seed)
+    if cfg.partition == "dirichlet":
+        return partition_dirichlet(labels, cfg.num_clients, cfg.alpha, cfg.seed)
+    names, parts = partition_natural(labels)
+    if len(parts) != cfg.num_clients:
+        raise ConfigError(f"partition={cfg.partition!r} gives one client per group: num_clients must be "
+                          f"{len(parts)}, got {cfg.num_clients}")
+    return parts
+
+
+def run(cfg, *, run_dir=None, persistent_optimizer: bool = False, progress: bool = True, model_and_tok=None):
+    """Federated DPO of ``cfg.model`` + LoRA on Rotten Tomatoes review pairs.
+
+    Returns ``(FederatedRun, model, tokenizer, parts)``; the model holds the final global adapter.
+    """
+    from .aggregators import make_aggregator
+    from .federated import run_federated
+    from .models import add_lora, load_model
+    from .preference import review_pairs, tokenize_pair
+
+    model, tok = model_and_tok or load_model(cfg.model, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    pairs = review_pairs(cfg.seed)
+    train, held = pairs[: cfg.num_pairs], pairs[cfg.num_pairs: cfg.num_pairs + cfg.eval_pairs]
+    parts = split_clients(train, cfg)
+    tokenized = [[tokenize_pair(tok, train[i]) for i in part] for part in parts]
+    hyper = {"fedavgm": dict(lr=cfg.server_lr, momentum=cfg.server_momentum),
+             "fedadam": dict(lr=cfg.server_lr, momentum=cfg.server_momentum)}.get(cfg.aggregator, {})
+    result = run_federated(
+        make_client_update(model, tokenized, tok.pad_token_id, cfg, persistent_optimizer),
+        make_aggregator(cfg.aggregator, **hyper), get_adapter_state(model),
+        num_clients=cfg.num_clients, clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, seed=cfg.seed,
+        evaluate=make_evaluate(model, [tokenize_pair(tok, p) for p in held], tok.pad_token_id, cfg),
+        run_dir=run_dir, fingerprint=cfg.fingerprint() + ("-persist" if persistent_optimizer else ""),
+        progress=progress)
+    set_adapter_state(model, result.global_state)
+    return result, model, tok, parts

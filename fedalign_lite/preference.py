@@ -1,6 +1,7 @@
 """Preference pairs ``{"prompt", "chosen", "rejected"}``: building them and tokenizing them as TRL does."""
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
@@ -12,6 +13,11 @@ from .chat import format_prompt
 def review_pairs(seed: int = 0) -> list[dict]:
     """Sentiment preference pairs from Rotten Tomatoes: for one movie, a fresh snippet is chosen
     over a rotten one (like FedPDPO's IMDB triple). ``movie`` is kept for partitioning."""
+    return [dict(p) for p in _review_pairs(seed)]
+
+
+@functools.lru_cache(maxsize=4)
+def _review_pairs(seed: int) -> tuple:
     rt = assets.rotten_tomatoes()
     rt = rt[rt.kind == "review"]
     rng = random.Random(seed)
@@ -24,7 +30,7 @@ def review_pairs(seed: int = 0) -> list[dict]:
             pairs.append({"prompt": f"Write a review of the movie {movie}.", "chosen": c, "rejected": r,
                           "movie": movie})
     rng.shuffle(pairs)
-    return pairs
+    return tuple(pairs)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

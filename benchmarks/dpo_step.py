@@ -1,0 +1,138 @@
+"""Benchmark: our local DPO step vs TRL's DPOTrainer step, and training throughput vs matmul peak.
+
+    make bench        # writes benchmarks/results/dpo_step.json
+
+Everything is measured in one process on the same model (fedalign-base + LoRA r=8 on q, v), the
+same 8 preference pairs and the same LoRA config, so the ratio is robust to a noisy host. Ours uses
+reference log-probs cached once (the reference is the frozen base); TRL recomputes them every
+step with the adapter disabled. Throughput is full-parameter training of the base model on packed
+256-token rows, converted to FLOP/s at 6N per token and divided by the fp32 matmul FLOP/s measured
+here (MFU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+STEPS, WARMUP, PAIRS = 12, 3, 8
+OUT = Path(__file__).parent / "results" / "dpo_step.json"
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def ours_s_per_step(cfg, pairs) -> float:
+    from fedalign_lite.fed_dpo import dpo_step_loss, reference_logps
+    from fedalign_lite.models import add_lora, load_model
+    from fedalign_lite.preference import tokenize_pair
+
+    model, tok = load_model(cfg.model)
+    torch.manual_seed(0)
+    model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    data = [tokenize_pair(tok, p) for p in pairs]
+    ref = reference_logps(model, data, tok.pad_token_id, cfg.max_length)   # cached once, outside the loop
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model.train()
+    idx = list(range(len(data)))
+    times = []
+    for step in range(STEPS + WARMUP):
+        t = time.perf_counter()
+        loss, _ = dpo_step_loss(model, data, ref, idx, tok.pad_token_id, cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return sorted(times[WARMUP:])[len(times[WARMUP:]) // 2]
+
+
+def trl_s_per_step(cfg, pairs) -> float:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from fedalign_lite.chat import format_prompt
+    from fedalign_lite.models import load_model, lora_target_modules
+
+    model, tok = load_model(cfg.model)
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    rows = [{"prompt": format_prompt(p["prompt"], tok), "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    args = DPOConfig(output_dir="/tmp/fedalign-bench-trl", per_device_train_batch_size=len(rows),
+                     max_steps=STEPS + WARMUP, learning_rate=cfg.lr, beta=cfg.beta, max_length=cfg.max_length,
+                     report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False, use_cpu=True,
+                     disable_tqdm=True, logging_steps=1000, dataloader_drop_last=False)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=lora_target_modules(model), task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows * (STEPS + WARMUP)),
+                         processing_class=tok, peft_config=lora, callbacks=[Timer()])
+    trainer.train()
+    return sorted(times[WARMUP:])[len(times[WARMUP:]) // 2]
+
+
+def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) -> tuple[float, int]:
+    from fedalign_lite.models import load_model
+
+    model, tok = load_model(cfg.model)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(len(tok), (batch, seq), generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(steps + 2):
+        t = time.perf_counter()
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return batch * seq / (sorted(times[2:])[len(times[2:]) // 2]), n_params
+
+
+def main() -> dict:
+    from fedalign_lite.config import get_preset
+    from fedalign_lite.preference import review_pairs
+
+    torch.set_num_threads(2)
+    cfg = get_preset("cpu")
+    pairs = review_pairs(0)[:PAIRS]
+    gflops = matmul_gflops()
+    ours = ours_s_per_step(cfg, pairs)
+    trl = trl_s_per_step(cfg, pairs)
+    tps, n_params = training_tokens_per_s(cfg)
+    achieved = 6 * n_params * tps / 1e9
+    result = {"model": cfg.model, "pairs_per_step": PAIRS, "max_length": cfg.max_length, "lora_r": cfg.lora_r,
+              "ours_s_per_step": round(ours, 4), "trl_s_per_step": round(trl, 4), "speedup": round(trl / ours, 3),
+              "tokens_per_s": round(tps, 1), "params": n_params, "achieved_gflops": round(achieved, 2),
+              "matmul_gflops": round(gflops, 2), "mfu": round(achieved / gflops, 3),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "note": "median over steps after warm-up; one process, so ratios are comparable on a noisy host"}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
