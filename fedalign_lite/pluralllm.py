@@ -1,0 +1,349 @@
+"""PluralLLM (Srewa, Zhao & Elmalaki 2025): FedAvg training of a GPO group-preference predictor.
+
+Follows the authors' code ``MoSrewa/PluralLLM``@f4e4d9b as summarised in PAPERS.md 2.4-2.6::
+
+    server: theta_0 = GPO init; all 8 training groups are clients and take part every round
+    for round r in 1..R:
+        for each client g:                                   # PAPERS.md 2.4
+            load theta_r into g's model
+            for e in 1..E (E = 6):                           # one minibatch per local "epoch"
+                sample n_ctx, n_tar ~ U[.], disjoint random context / target questions of g
+                loss = -sum_target log N(y | softmax_q(mean), std)        # GPO loss (PAPERS.md 1.4)
+                Adam step; cosine LR (T_max = 100) stepped every batch
+            upload theta_g and n_g = options in the FIRST local batch (n_ctx + n_tar tokens)
+        theta_{r+1} = sum_g n_g / sum n * theta_g            # FedAvg over every state_dict entry
+    alignment score AS = 1 - mean JS distance on the 6 held-out groups (PAPERS.md 2.6)
+
+The code's quirks are reproduced by default, each with a flag that fixes it (PAPERS.md 2.4):
+1. ``persistent_optimizer=True``: the client Adam state and LR schedule persist across rounds
+   (False: a fresh Adam every round).
+2. ``cosine_tmax=100``: the cosine LR passes its minimum after ~17 rounds and oscillates
+   (None: T_max = the run's total local steps, one annealing).
+3. ``fedavg_weights="sampled"``: FedAvg weights are the random token counts of the first batch
+   ("questions": each client's number of training questions).
+
+The centralized baseline (PAPERS.md 2.5) takes one Adam step per epoch on a batch of all 8 training
+groups; ``steps_per_epoch=local_steps`` is the compute-matched variant (48 group-gradients per
+epoch, as FedAvg's 8 clients x 6 steps per round).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .aggregators import aggregate_fedavg
+from .config import MODELS
+from .embeddings import option_embeddings
+from .errors import ConfigError, check_choice, check_positive
+from .federated import ClientUpdate, clone_state, derive_seed, run_federated, seed_everything
+from .gpo import GPO, gpo_loss, make_batch, sample_context_targets
+from .metrics import fairness, js_distance_segments
+from .survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
+
+# The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
+GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "Germany", "United States",
+                  "Canada", "Argentina", "Australia"]
+GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
+
+
+@dataclass(frozen=True)
+class PluralConfig:
+    """PluralLLM's hyperparameters (PAPERS.md 2.8); question counts scale with the data set."""
+
+    preset: str = "cpu"
+    data: str = "gss"                 # "gss" (offline default) or a GlobalOpinionQA hub id / local file
+    embedder: str = "minilm"          # "minilm" or a model name for mean-pooled hidden states (as GPO)
+    d_model: int = 128
+    num_layers: int = 6
+    nhead: int = 4
+    dim_feedforward: int = 128
+    emb_depth: int = 4
+    rounds: int = 100
+    local_steps: int = 6
+    central_epochs: int = 100
+    lr: float = 3e-4
+    cosine_tmax: int | None = 100     # quirk 2; None = the run's total local steps
+    persistent_optimizer: bool = True   # quirk 1
+    fedavg_weights: str = "sampled"   # quirk 3; "questions" = training questions per client
+    data_split: float = 0.9           # first 90% of the questions (by key) train, as the code
+    min_questions: int = 4            # context and target counts ~ U[int(min*split), int(max*split)];
+    max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
+    eval_context: int = 20            # context questions per held-out group at evaluation
+    eval_draws: int = 4               # random context draws averaged per group [choice: the code draws once]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        check_choice("fedavg_weights", self.fedavg_weights, ("sampled", "questions"))
+        if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
+            raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
+                              f"or 'hub:<org>/<name>'")
+        for name in ("d_model", "num_layers", "nhead", "dim_feedforward", "rounds", "local_steps",
+                     "central_epochs", "min_questions", "max_questions", "eval_context", "eval_draws"):
+            check_positive(name, getattr(self, name), integer=True)
+        check_positive("lr", self.lr)
+        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        if self.cosine_tmax is not None:
+            check_positive("cosine_tmax", self.cosine_tmax, integer=True)
+        if self.emb_depth < 2:
+            raise ConfigError(f"emb_depth must be >= 2 (input and output layer), got {self.emb_depth}")
+        if self.d_model % self.nhead:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by nhead={self.nhead}")
+        if not 0 < self.data_split < 1:
+            raise ConfigError(f"data_split must be in (0, 1), got {self.data_split}")
+        if self.min_questions > self.max_questions:
+            raise ConfigError(f"min_questions={self.min_questions} must be <= max_questions={self.max_questions}")
+
+    def replace(self, **changes) -> "PluralConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; allowed fields: "
+                              f"{sorted(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_PRESETS = {
+    "smoke": dict(d_model=32, num_layers=2, dim_feedforward=32, rounds=3, local_steps=2, central_epochs=3,
+                  eval_draws=2),
+    "cpu": dict(d_model=64, dim_feedforward=64, num_layers=4),     # half the paper's width and depth
+    "gpu": dict(embedder="smollm2-135m"),                             # the paper's sizes
+}
+
+
+def get_preset(name: str, **overrides) -> PluralConfig:
+    """The validated PluralLLM preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
+    check_choice("preset", name, _PRESETS)
+    return PluralConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+
+
+# ------------------------------------------------------------------------------------------ data --
+
+@dataclass
+class GroupData:
+    """The survey as tensors: for each group, per question, option embeddings x (options, D) and shares y."""
+
+    records: list
+    x: list                      # per question: (options, D) float32
+    y: dict                      # group -> per question: (options,) float32
+    train_groups: list
+    eval_groups: list
+    train_questions: list        # question indices the clients train on (first data_split, by key)
+
+    def group(self, name: str) -> tuple[list, list]:
+        return self.x, self.y[name]
+
+
+def load_data(cfg: PluralConfig) -> GroupData:
+    """Records, fixed train/eval groups and cached option embeddings for ``cfg.data``."""
+    if cfg.data == "gss":
+        records, train, held = gss_opinions(), TRAIN_GROUPS, EVAL_GROUPS
+    else:
+        from .hub import load_global_opinions
+
+        records, train, held = load_global_opinions(cfg.data), GLOBALQA_TRAIN, GLOBALQA_EVAL
+        # PluralLLM keeps the questions every one of its 14 countries answered (PAPERS.md 2.2)
+        records = [r for r in records if all(g in r["selections"] for g in train + held)]
+    check_records(records, train + held, cfg.data)
+    order = sorted(range(len(records)), key=lambda i: records[i].get("code", records[i]["question"]))
+    records = [records[i] for i in order]
+    x = option_embeddings(records, cfg.embedder)
+    y = {g: [torch.tensor(r["selections"][g], dtype=torch.float32) for r in records] for g in train + held}
+    n_train = int(len(records) * cfg.data_split)
+    return GroupData(records, x, y, list(train), list(held), list(range(n_train)))
+
+
+def question_counts(cfg: PluralConfig, rng: random.Random) -> tuple[int, int]:
+    """(n_ctx, n_tar), each ~ U[int(min*split), int(max*split)] as PluralLLM's collate draws them."""
+    lo, hi = int(cfg.min_questions * cfg.data_split), int(cfg.max_questions * cfg.data_split)
+    return rng.randint(lo, hi), rng.randint(lo, hi)
+
+
+def training_batch(data: GroupData, groups: list[str], cfg: PluralConfig, rng: random.Random):
+    """One GPO batch: shared (n_ctx, n_tar), an independent question permutation per group."""
+    n_ctx, n_tar = question_counts(cfg, rng)
+    if n_ctx + n_tar > len(data.train_questions):
+        raise ConfigError(f"max_questions={cfg.max_questions} draws up to {n_ctx + n_tar} questions per batch "
+                          f"but only {len(data.train_questions)} training questions exist")
+    splits = [sample_context_targets(data.train_questions, n_ctx, n_tar, rng) for _ in groups]
+    return make_batch([data.group(g) for g in groups], [c for c, _ in splits], [t for _, t in splits])
+
+
+def cosine_lr(base_lr: float, step: int, t_max: int) -> float:
+    """CosineAnnealingLR's value after ``step`` scheduler steps (eta_min 0); periodic past t_max."""
+    return base_lr * (1 + math.cos(math.pi * step / t_max)) / 2
+
+
+def build_model(cfg: PluralConfig, dim_x: int) -> GPO:
+    torch.manual_seed(cfg.seed)
+    return GPO(dim_x, cfg.d_model, cfg.emb_depth, cfg.dim_feedforward, cfg.nhead, cfg.num_layers)
+
+
+# ---------------------------------------------------------------------------------- evaluation --
+
+def eval_splits(cfg: PluralConfig, groups: list[str], num_questions: int) -> list[tuple[str, list, list]]:
+    """(group, context questions, target questions) for every evaluation draw; the same every round and method."""
+    out = []
+    for gi, g in enumerate(groups):
+        for d in range(cfg.eval_draws):
+            rng = random.Random(derive_seed(cfg.seed, 7919, gi, d))
+            ctx, tar = sample_context_targets(list(range(num_questions)), cfg.eval_context, num_questions, rng)
+            out.append((g, ctx, tar))
+    return out
+
+
+@torch.no_grad()
+def alignment(model: GPO, data: GroupData, groups: list[str], cfg: PluralConfig) -> dict:
+    """Alignment score (PAPERS.md 2.6) of ``model`` on ``groups``.
+
+    For each group and each of ``eval_draws`` seeded draws, ``eval_context`` random questions are the
+    context and every other question is a target; JSD = JS distance (natural log) between the
+    predicted and true distribution of each target. Returns ``{"as": 1 - mean over all pooled JSDs,
+    "as_by_group": {g: 1 - mean JSD of g}, "jsd": {(g, q): mean over draws}}``.
+    """
+    model.eval()
+    draws = eval_splits(cfg, groups, len(data.records))
+    batch = make_batch([data.group(g) for g, _, _ in draws], [c for _, c, _ in draws], [t for _, _, t in draws])
+    probs, _ = model(batch)
+    dist = js_distance_segments(probs.numpy(), batch.yt.squeeze(-1).numpy(), batch.tar_q.numpy())
+    per_pair, per_group = {}, {g: [] for g in groups}
+    for b, (g, _, tar) in enumerate(draws):
+        for i, q in enumerate(tar):
+            per_pair.setdefault((g, q), []).append(float(dist[b, i]))
+            per_group[g].append(float(dist[b, i]))
+    model.train()
+    return {"as": 1 - float(np.mean([v for vs in per_group.values() for v in vs])),
+            "as_by_group": {g: 1 - float(np.mean(v)) for g, v in per_group.items()},
+            "jsd": {k: float(np.mean(v)) for k, v in per_pair.items()}}
+
+
+@torch.no_grad()
+def predict(model: GPO, data: GroupData, group: str, question: int, cfg: PluralConfig) -> np.ndarray:
+    """The predicted distribution over ``question``'s options for ``group``, from the first eval draw's context."""
+    model.eval()
+    others = [q for q in range(len(data.records)) if q != question]
+    rng = random.Random(derive_seed(cfg.seed, 7919, -1, question))
+    ctx, _ = sample_context_targets(others, cfg.eval_context, 0, rng)
+    probs, _ = model(make_batch([data.group(group)], [ctx], [[question]]))
+    model.train()
+    return probs[0].numpy()
+
+
+def eval_row(model: GPO, data: GroupData, cfg: PluralConfig) -> dict:
+    """Scalars logged per round / epoch: pooled AS, fairness indices and AS of each held-out group."""
+    res = alignment(model, data, data.eval_groups, cfg)
+    return {"as": res["as"], **fairness(list(res["as_by_group"].values())),
+            **{f"as/{g}": v for g, v in res["as_by_group"].items()}}
+
+
+# ----------------------------------------------------------------------------------- federated --
+
+def _adam_state(opt: torch.optim.Adam, model: GPO) -> dict:
+    """Adam's moments as named tensors, so they checkpoint with the client (quirk 1)."""
+    out = {}
+    for name, p in model.named_parameters():
+        st = opt.state.get(p)
+        if st:
+            out.update({f"exp_avg/{name}": st["exp_avg"], f"exp_avg_sq/{name}": st["exp_avg_sq"],
+                        f"step/{name}": st["step"]})
+    return out
+
+
+def _load_adam_state(opt: torch.optim.Adam, model: GPO, saved: dict) -> None:
+    for name, p in model.named_parameters():
+        if f"step/{name}" in saved:
+            # ``saved`` is the loop's private copy of the client state, so no clone is needed
+            opt.state[p] = {"step": saved[f"step/{name}"], "exp_avg": saved[f"exp_avg/{name}"],
+                            "exp_avg_sq": saved[f"exp_avg_sq/{name}"]}
+
+
+def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
+    """PluralLLM's client (PAPERS.md 2.4): E local GPO steps on one group, FedAvg weight n_g."""
+    t_max = cfg.cosine_tmax or cfg.rounds * cfg.local_steps
+
+    def client_update(ctx) -> ClientUpdate:
+        group = data.train_groups[ctx.client_id]
+        model.load_state_dict(ctx.global_state)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        personal = ctx.personal_state
+        if cfg.persistent_optimizer:
+            _load_adam_state(opt, model, personal.get("adam", {}))
+        step = int(personal.get("lr_step", 0))          # the client's scheduler counter persists (quirk 2)
+        rng = random.Random(ctx.seed)
+        losses, n_g = [], None
+        for _ in range(cfg.local_steps):
+            batch = training_batch(data, [group], cfg, rng)
+            if n_g is None:                              # quirk 3: tokens of the FIRST local batch
+                n_g = batch.yc.shape[1] + batch.yt.shape[1]
+            for pg in opt.param_groups:
+                pg["lr"] = cosine_lr(cfg.lr, step, t_max)
+            loss = gpo_loss(*model(batch), batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        if cfg.fedavg_weights == "questions":
+            n_g = len(data.train_questions)
+        new_personal = {"lr_step": step, "adam": _adam_state(opt, model) if cfg.persistent_optimizer else {}}
+        return ClientUpdate(clone_state(model.state_dict()), n_g, {"loss": float(np.mean(losses))}, new_personal)
+
+    return client_update
+
+
+def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress: bool = True):
+    """FedAvg over the training groups; returns (FederatedRun, final model). Round 0 = the initial model."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.x[0].shape[1])
+
+    def evaluate(state: dict, round_: int) -> dict:
+        model.load_state_dict(state)
+        return eval_row(model, data, cfg)
+
+    run = run_federated(make_client_update(model, data, cfg), aggregate_fedavg, clone_state(model.state_dict()),
+                        num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
+                        run_dir=run_dir, fingerprint=cfg.fingerprint(), progress=progress)
+    model.load_state_dict(run.global_state)
+    return run, model
+
+
+# --------------------------------------------------------------------------------- centralized --
+
+def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1, progress: bool = True):
+    """PluralLLM's centralized baseline (PAPERS.md 2.5): all training groups in one batch per step.
+
+    Returns (history, model); history has one row per epoch (epoch 0 = the initial model) with the
+    mean training loss and :func:`eval_row`'s metrics.
+    """
+    check_positive("steps_per_epoch", steps_per_epoch, integer=True)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.x[0].shape[1])        # the same init as the federated run [choice]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    t_max = cfg.cosine_tmax or cfg.central_epochs * steps_per_epoch
+    history = [{"round": 0, **eval_row(model, data, cfg)}]
+    step = 0
+    for epoch in tqdm(range(1, cfg.central_epochs + 1), desc="epochs", disable=not progress):
+        rng = random.Random(derive_seed(cfg.seed, epoch, 10**6))
+        losses = []
+        for _ in range(steps_per_epoch):
+            batch = training_batch(data, data.train_groups, cfg, rng)
+            for pg in opt.param_groups:
+                pg["lr"] = cosine_lr(cfg.lr, step, t_max)
+            loss = gpo_loss(*model(batch), batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
+    return history, model

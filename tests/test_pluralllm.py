@@ -1,0 +1,256 @@
+"""GPO, the alignment metrics and PluralLLM's FedAvg, against hand-computed cases and scipy."""
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+
+from fedalign_lite import pluralllm as P
+from fedalign_lite import survey
+from fedalign_lite.errors import ConfigError, DataError
+from fedalign_lite.federated import run_federated
+from fedalign_lite.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
+from fedalign_lite.metrics import (area_under_curve, fairness, js_distance, js_distance_segments,
+                                   steps_to_fraction)
+
+
+# ------------------------------------------------------------------------------------- GPO --
+
+def test_context_only_mask_by_hand():
+    expected = torch.tensor([[False, False, True], [False, False, True], [False, False, True]])
+    assert torch.equal(context_only_mask(2, 1), expected)
+
+
+def _toy_groups(num_q=4, options=(2, 3, 2, 3), dim=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(k, dim, generator=g) for k in options[:num_q]]
+    y = [torch.softmax(torch.randn(k, generator=g), 0) for k in options[:num_q]]
+    return x, y
+
+
+def test_targets_see_the_context_only():
+    torch.manual_seed(0)
+    model = GPO(6, d_model=16, dim_feedforward=16, nhead=2, num_layers=2).eval()
+    x, y = _toy_groups()
+    base = model(make_batch([(x, y)], [[0, 1]], [[2, 3]]))[0]
+    x2 = list(x)
+    x2[3] = x[3] + 5.0                                 # another target question changes ...
+    moved = model(make_batch([(x2, y)], [[0, 1]], [[2, 3]]))[0]
+    assert torch.allclose(base[0, :2], moved[0, :2])   # ... question 2's prediction does not
+    assert not torch.allclose(base[0, 2:], moved[0, 2:])
+    y2 = list(y)
+    y2[0] = y[0].flip(0)                               # the group's context answers do matter
+    assert not torch.allclose(base, model(make_batch([(x, y2)], [[0, 1]], [[2, 3]]))[0])
+
+
+def test_padding_does_not_change_predictions():
+    torch.manual_seed(0)
+    model = GPO(6, d_model=16, dim_feedforward=16, nhead=2, num_layers=2).eval()
+    x, y = _toy_groups()
+    alone = model(make_batch([(x, y)], [[0]], [[2]]))[0]            # 2 ctx tokens, 2 target tokens
+    padded = model(make_batch([(x, y), (x, y)], [[0], [1]], [[2], [3]]))[0]   # row 0 padded to 3 + 3
+    assert torch.allclose(alone[0], padded[0, :2], atol=1e-6)
+    assert padded[0, 2] == 0                                          # a padded target gets no mass
+
+
+def test_segment_softmax_by_hand():
+    v = torch.tensor([[1.0, 2.0, 0.5, 0.5, 9.0]])
+    seg = torch.tensor([[0, 0, 1, 1, -1]])
+    e = math.exp(1) + math.exp(2)
+    assert torch.allclose(segment_softmax(v, seg), torch.tensor([[math.exp(1) / e, math.exp(2) / e, .5, .5, 0]]))
+
+
+def test_gpo_loss_by_hand():
+    probs = torch.tensor([[0.3, 0.7, 0.0]])
+    std = torch.tensor([[0.5, 2.0, 1.0]])
+    batch = GPOBatch(torch.zeros(1, 1, 2), torch.zeros(1, 1, 1), torch.zeros(1, 3, 2),
+                     torch.tensor([[[0.2], [0.8], [0.0]]]), torch.tensor([[0, 0, -1]]), torch.zeros(1, 1, dtype=bool))
+    nll = lambda y, mu, s: 0.5 * math.log(2 * math.pi) + math.log(s) + (y - mu) ** 2 / (2 * s * s)  # noqa: E731
+    assert gpo_loss(probs, std, batch).item() == pytest.approx(nll(.2, .3, .5) + nll(.8, .7, 2.0), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------- metrics --
+
+def test_js_distance_matches_scipy():
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 5):
+        p, q = rng.dirichlet(np.ones(k), 20), rng.dirichlet(np.ones(k), 20)
+        p[0, 0], p[0] = 0, p[0] / p[0].sum()        # a zero entry (0 log 0 = 0)
+        ref = [jensenshannon(a, b) for a, b in zip(p, q)]
+        assert js_distance(p, q) == pytest.approx(ref, abs=1e-12)
+    assert js_distance([1, 0], [0, 1])[0] == pytest.approx(math.sqrt(math.log(2)))
+
+
+def test_js_distance_segments_matches_scipy():
+    rng = np.random.default_rng(1)
+    parts = [rng.dirichlet(np.ones(k)) for k in (3, 2, 3)]
+    truth = [rng.dirichlet(np.ones(k)) for k in (3, 2, 3)]
+    p = np.concatenate(parts + [np.zeros(2)])[None]
+    q = np.concatenate(truth + [np.zeros(2)])[None]
+    seg = np.array([[0, 0, 0, 1, 1, 2, 2, 2, -1, -1]])
+    out = js_distance_segments(p, q, seg)
+    assert out[0] == pytest.approx([jensenshannon(a, b) for a, b in zip(parts, truth)], abs=1e-12)
+
+
+def test_alignment_score_is_one_minus_pooled_scipy_jsd():
+    cfg = P.get_preset("smoke")
+    data = _gss_data(cfg)
+    model = P.build_model(cfg, data.x[0].shape[1])
+    res = P.alignment(model, data, data.eval_groups, cfg)
+    model.eval()
+    pooled = []                                   # one unbatched forward per draw, scipy per target question
+    for g, ctx, tar in P.eval_splits(cfg, data.eval_groups, len(data.records)):
+        with torch.no_grad():
+            probs = model(make_batch([data.group(g)], [ctx], [tar]))[0][0].numpy()
+        sizes = np.cumsum([0] + [len(data.y[g][q]) for q in tar])
+        pooled += [jensenshannon(probs[a:b], data.y[g][q].numpy()) for a, b, q in zip(sizes, sizes[1:], tar)]
+    assert res["as"] == pytest.approx(1 - np.mean(pooled), abs=1e-6)
+    assert len(pooled) == len(data.eval_groups) * cfg.eval_draws * (len(data.records) - cfg.eval_context)
+
+
+def test_fairness_by_hand():
+    f = fairness([0.8, 0.6])
+    assert f["fi_cv"] == pytest.approx(1 - 0.1 / 0.7)
+    assert f["jain"] == pytest.approx(1.96 / (2 * (0.64 + 0.36)))
+    assert f["worst"] == 0.6
+    assert fairness([0.7, 0.7, 0.7]) == pytest.approx({"fi_cv": 1.0, "jain": 1.0, "worst": 0.7})
+
+
+def test_convergence_and_auc_by_hand():
+    curve = [0.8, 0.85, 0.9, 1.0]
+    assert steps_to_fraction(curve, 0.8) == 0
+    assert steps_to_fraction(curve, 0.8, relative_to_start=True) == 3     # needs 0.96
+    assert steps_to_fraction(curve, 0.5, relative_to_start=True) == 2     # needs 0.90
+    assert area_under_curve([0.0, 1.0, 1.0]) == pytest.approx(0.75)
+
+
+def test_cosine_lr_equals_torch_scheduler_past_its_period():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for step in range(250):
+        assert P.cosine_lr(3e-4, step, 100) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+# -------------------------------------------------------------------------------------- data --
+
+def _gss_data(cfg):
+    return P.load_data(cfg)
+
+
+def test_survey_file_is_what_the_builder_writes():
+    records = survey.gss_opinions()
+    assert records == json.loads(json.dumps(survey.build_gss_opinions()))
+    assert len(records) >= 20
+    groups = survey.TRAIN_GROUPS + survey.EVAL_GROUPS
+    assert len(survey.TRAIN_GROUPS) == 8 and len(survey.EVAL_GROUPS) == 6 and len(set(groups)) == 14
+    for r in records:
+        assert set(r["selections"]) == set(groups)
+        for g in groups:
+            assert sum(r["selections"][g]) == pytest.approx(1.0)
+            assert r["counts"][g] >= survey.MIN_RESPONDENTS
+
+
+def test_no_group_leaks_between_clients_and_evaluation():
+    data = _gss_data(P.get_preset("smoke"))
+    assert not set(data.train_groups) & set(data.eval_groups)
+    assert sorted(data.train_groups + data.eval_groups) == sorted(survey.TRAIN_GROUPS + survey.EVAL_GROUPS)
+
+
+def test_survey_validation_names_the_problem(tmp_path):
+    records = survey.gss_opinions()
+    records[3]["selections"][survey.EVAL_GROUPS[0]] = [0.5, 0.6, 0.1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(records))
+    with pytest.raises(DataError, match="record 3.*sum to 1"):
+        survey.gss_opinions(bad)
+
+
+def test_global_opinions_schema_runs_through_the_same_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDALIGN_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    countries = P.GLOBALQA_TRAIN + P.GLOBALQA_EVAL
+    rows = []
+    for i in range(24):
+        k = 2 + i % 3
+        sel = {c: (100 * rng.dirichlet(np.ones(k))).round(3).tolist() for c in countries}
+        rows.append({"question": f"Survey question number {i}?", "options": str([f"option {j}" for j in range(k)]),
+                     "selections": f"defaultdict(<class 'list'>, {sel!r})", "source": "GAS"})
+    path = tmp_path / "goqa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = P.get_preset("smoke", data=str(path), eval_context=10)
+    data = P.load_data(cfg)
+    assert data.train_groups == P.GLOBALQA_TRAIN and len(data.records) == 24
+    run, _ = P.run_federated_gpo(cfg.replace(rounds=1), data, progress=False)
+    assert 0 < run.history[-1]["as"] <= 1
+
+
+# ------------------------------------------------------------------------------- federated --
+
+def test_fedavg_weights_are_the_first_batch_token_counts():
+    cfg = P.get_preset("smoke", rounds=1)
+    data = _gss_data(cfg)
+    model = P.build_model(cfg, data.x[0].shape[1])
+    client_update = P.make_client_update(model, data, cfg)
+    seen = {}
+
+    def spy(ctx):
+        first = P.training_batch(data, [data.train_groups[ctx.client_id]], cfg, random.Random(ctx.seed))
+        upd = client_update(ctx)
+        seen[ctx.client_id] = (upd, first.yc.shape[1] + first.yt.shape[1])
+        return upd
+
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    run = run_federated(spy, P.aggregate_fedavg, init, num_clients=8, rounds=1, progress=False)
+    assert all(upd.num_samples == tokens for upd, tokens in seen.values())
+    total = sum(u.num_samples for u, _ in seen.values())
+    key = "head.2.weight"
+    expected = sum(u.upload[key].double() * u.num_samples / total for u, _ in seen.values())
+    assert torch.allclose(run.global_state[key].double(), expected, atol=1e-6)
+    assert len({u.num_samples for u, _ in seen.values()}) > 1      # random per client, not dataset sizes
+
+
+def test_quirk_flags_change_what_they_say():
+    cfg = P.get_preset("smoke", rounds=2)
+    data = _gss_data(cfg)
+    run, _ = P.run_federated_gpo(cfg, data, progress=False)
+    assert run.personal_states[0]["adam"] and run.personal_states[0]["lr_step"] == 2 * cfg.local_steps
+    fixed, _ = P.run_federated_gpo(cfg.replace(persistent_optimizer=False, fedavg_weights="questions"), data,
+                                   progress=False)
+    assert fixed.personal_states[0]["adam"] == {}
+    assert {x["num_samples"] for x in fixed.client_log} == {len(data.train_questions)}
+    assert fixed.history[-1]["client_loss"] != run.history[-1]["client_loss"]
+
+
+def test_same_seed_same_numbers_and_centralized_runs():
+    cfg = P.get_preset("smoke")
+    data = _gss_data(cfg)
+    a, _ = P.run_federated_gpo(cfg, data, progress=False)
+    b, _ = P.run_federated_gpo(cfg, data, progress=False)
+    drop_time = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert drop_time(a.history) == drop_time(b.history)
+    hist, _ = P.run_centralized(cfg, data, steps_per_epoch=2, progress=False)
+    assert len(hist) == cfg.central_epochs + 1 and all(0 < h["as"] <= 1 for h in hist)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("fedavg_weights", "size", "fedavg_weights='size' is not allowed"),
+    ("embedder", "bert", "embedder='bert' is not allowed"),
+    ("d_model", 30, "divisible by nhead"),
+    ("data_split", 1.5, "data_split must be in"),
+    ("cosine_tmax", 0, "cosine_tmax must be"),
+])
+def test_bad_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        P.get_preset("smoke", **{field: value})
+
+
+def test_too_many_questions_per_batch_is_a_clear_error():
+    cfg = P.get_preset("smoke", max_questions=40, min_questions=30)
+    data = _gss_data(cfg)
+    with pytest.raises(ConfigError, match="max_questions=40"):
+        P.training_batch(data, data.train_groups[:1], cfg, random.Random(0))
