@@ -25,8 +25,27 @@ AGGREGATORS = ("fedavg", "fedprox", "fedavgm", "fedadam")
 PRESETS = ("smoke", "cpu", "gpu")
 
 
+class ValidatedConfig:
+    """What every frozen config dataclass shares: validated copies, a dict view and a fingerprint."""
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied and validated; unknown field names are a ConfigError."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            allowed = sorted(f.name for f in dataclasses.fields(self))
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; allowed fields: {allowed}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of every field; a checkpoint refuses to resume under a different one."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
-class FedConfig:
+class FedConfig(ValidatedConfig):
     """Everything a federated run needs; all sizes are counts, learning rates are per step."""
 
     preset: str = "cpu"
@@ -76,21 +95,6 @@ class FedConfig:
         check_choice("aggregator", self.aggregator, AGGREGATORS)
         if self.aggregator == "fedprox" and self.prox_mu == 0:
             raise ConfigError("aggregator='fedprox' needs prox_mu > 0 (the proximal weight), got 0")
-
-    def replace(self, **changes) -> "FedConfig":
-        """A copy with ``changes`` applied and validated; unknown field names are a ConfigError."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            allowed = sorted(f.name for f in dataclasses.fields(self))
-            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; allowed fields: {allowed}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self) -> str:
-        """A short hash of every field; a checkpoint refuses to resume under a different one."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 _PRESETS = {

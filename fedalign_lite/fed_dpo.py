@@ -105,11 +105,11 @@ def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int
 
 
 def make_evaluate(model, tokenized_eval: list[dict], pad_id: int, cfg):
-    """``evaluate(global_state, round)``: DPO loss and implicit-reward accuracy on held-out pairs."""
+    """``evaluate(global_state, round, personal_states)``: DPO loss and implicit-reward accuracy on held-out pairs."""
     ref = reference_logps(model, tokenized_eval, pad_id, cfg.max_length)
 
     @torch.no_grad()
-    def evaluate(global_state, round_):
+    def evaluate(global_state, round_, personal_states):
         set_adapter_state(model, global_state)
         b = collate(tokenized_eval, pad_id, cfg.max_length)
         pc, pr = sequence_logps(model, **b).view(2, -1)

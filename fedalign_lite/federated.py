@@ -103,15 +103,16 @@ def _is_finite(update: ClientUpdate) -> bool:
 
 def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggregate: Callable,
                   global_state: dict, *, num_clients: int, rounds: int, clients_per_round: int | None = None,
-                  seed: int = 0, evaluate: Callable[[dict, int], dict] | None = None,
+                  seed: int = 0, evaluate: Callable[[dict, int, dict], dict] | None = None,
                   personal_states: dict | None = None, run_dir: str | Path | None = None, resume: bool = True,
                   fingerprint: str = "", progress: bool = True) -> FederatedRun:
     """Run ``rounds`` rounds and return the final state and the metrics.
 
     Args:
         global_state: initial shared parameters ``{name: tensor}`` (what the server broadcasts).
-        evaluate: ``evaluate(global_state, round) -> {metric: float}``, called after every round and
-            once on the initial state (round 0).
+        evaluate: ``evaluate(global_state, round, personal_states) -> {metric: float}``, called after
+            every round and once on the initial state (round 0); ``personal_states`` is
+            ``{client_id: dict}`` (read-only), for personalized evaluation.
         personal_states: initial ``{client_id: dict}``; missing clients start with ``{}``.
         run_dir: where ``checkpoint.safetensors`` and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
         fingerprint: config hash stored in the checkpoint; resuming under another one is refused.
@@ -133,7 +134,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggreg
                 f"Use another run_dir or resume=False")
         state = loaded
     if state["round"] == 0 and not state["history"] and evaluate is not None:
-        state["history"].append({"round": 0, **evaluate(state["global_state"], 0)})
+        state["history"].append({"round": 0, **evaluate(state["global_state"], 0, state["personal_states"])})
 
     bar = tqdm(range(state["round"] + 1, rounds + 1), desc="rounds", disable=not progress,
                initial=state["round"], total=rounds)
@@ -173,7 +174,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggreg
                    "bytes_up": sum(x["bytes_up"] for x in rows), "bytes_down": down * len(sampled),
                    **{k: float(np.mean([x[k] for x in rows if k in x])) for k in metric_keys}}
         if evaluate is not None:
-            summary.update(evaluate(state["global_state"], r))
+            summary.update(evaluate(state["global_state"], r, state["personal_states"]))
         summary["seconds"] = time.perf_counter() - t0
         state["history"].append(summary)
         state["client_log"] += rows

@@ -28,9 +28,6 @@ epoch, as FedAvg's 8 clients x 6 steps per round).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -40,12 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .aggregators import aggregate_fedavg
-from .config import MODELS
+from .config import MODELS, ValidatedConfig
 from .embeddings import option_embeddings
 from .errors import ConfigError, check_choice, check_positive
 from .federated import ClientUpdate, clone_state, derive_seed, run_federated, seed_everything
 from .gpo import GPO, gpo_loss, make_batch, sample_context_targets
-from .metrics import fairness, js_distance_segments
+from .metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
+                      steps_to_fraction)
 from .survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
 
 # The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
@@ -55,7 +53,7 @@ GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
 
 
 @dataclass(frozen=True)
-class PluralConfig:
+class PluralConfig(ValidatedConfig):
     """PluralLLM's hyperparameters (PAPERS.md 2.8); question counts scale with the data set."""
 
     preset: str = "cpu"
@@ -101,16 +99,6 @@ class PluralConfig:
             raise ConfigError(f"data_split must be in (0, 1), got {self.data_split}")
         if self.min_questions > self.max_questions:
             raise ConfigError(f"min_questions={self.min_questions} must be <= max_questions={self.max_questions}")
-
-    def replace(self, **changes) -> "PluralConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {sorted(unknown)}; allowed fields: "
-                              f"{sorted(f.name for f in dataclasses.fields(self))}")
-        return dataclasses.replace(self, **changes)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 _PRESETS = {
@@ -232,7 +220,7 @@ def predict(model: GPO, data: GroupData, group: str, question: int, cfg: PluralC
     """The predicted distribution over ``question``'s options for ``group``, from the first eval draw's context."""
     model.eval()
     others = [q for q in range(len(data.records)) if q != question]
-    rng = random.Random(derive_seed(cfg.seed, 7919, -1, question))
+    rng = random.Random(derive_seed(cfg.seed, 7919, 10**6, question))   # a stream no eval draw uses
     ctx, _ = sample_context_targets(others, cfg.eval_context, 0, rng)
     probs, _ = model(make_batch([data.group(group)], [ctx], [[question]]))
     model.train()
@@ -306,7 +294,7 @@ def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress
     seed_everything(cfg.seed)
     model = build_model(cfg, data.x[0].shape[1])
 
-    def evaluate(state: dict, round_: int) -> dict:
+    def evaluate(state: dict, round_: int, personal_states: dict) -> dict:
         model.load_state_dict(state)
         return eval_row(model, data, cfg)
 
@@ -347,3 +335,84 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
             losses.append(loss.item())
         history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
     return history, model
+
+
+# ---------------------------------------------------------------------------------- experiment --
+
+METHODS = {"fl": "federated (FedAvg)", "central": "centralized (1 step / epoch)",
+           "matched": "centralized, compute-matched"}
+
+
+def summarize(history: list[dict]) -> dict:
+    """Scalars of one run's evaluation curve (row 0 = the initial model).
+
+    ``to_95``: first round/epoch whose AS reaches 95% of the run's best (the issue's definition);
+    ``to_95_gain``: first reaching 95% of the run's gain over the initial model, which separates runs
+    whose curves start near their best; ``auc``: mean AS over the curve; final values are the last row.
+    """
+    curve = [h["as"] for h in history]
+    last = history[-1]
+    return {"alignment": last["as"], "best_alignment": max(curve), "fairness": last["fi_cv"], "jain": last["jain"],
+            "worst_group": last["worst"], "to_95": steps_to_fraction(curve, 0.95),
+            "to_95_gain": steps_to_fraction(curve, 0.95, relative_to_start=True), "auc": area_under_curve(curve)}
+
+
+def _run_seed(cfg: PluralConfig) -> dict:
+    """The three runs of one seed, on one thread: ``{method: (history, final state_dict)}``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # the same thread count everywhere gives the same float reductions
+    try:
+        data = load_data(cfg)
+        fl, fl_model = run_federated_gpo(cfg, data, progress=False)
+        runs = {"fl": (fl.history, fl_model), "central": run_centralized(cfg, data, 1, progress=False),
+                "matched": run_centralized(cfg, data, cfg.local_steps, progress=False)}
+    finally:
+        torch.set_num_threads(threads)
+    return {m: (history, model.state_dict()) for m, (history, model) in runs.items()}
+
+
+def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
+    """FedAvg, centralized and compute-matched centralized GPO for each seed.
+
+    Seeds run in ``workers`` processes with one thread each: GPO's matrices are too small for a
+    second thread to help, so two single-threaded processes do twice the work on 2 cores
+    (``workers=1`` runs in this process). Results do not depend on ``workers``.
+
+    Returns ``{"data", "histories": {method: [history per seed]}, "models": {method: model of the
+    first seed}, "summary": {method: [summarize(history) per seed]}}``.
+    """
+    check_positive("workers", workers, integer=True)
+    data = load_data(cfg)            # computes the embedding cache once, before any worker reads it
+    configs = [cfg.replace(seed=s) for s in seeds]
+    if workers == 1:
+        per_seed = [_run_seed(c) for c in tqdm(configs, desc="seeds", disable=not progress)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_seed, c) for c in configs]
+            per_seed = [f.result() for f in tqdm(futures, desc="seeds", disable=not progress)]
+    out = {"data": data, "histories": {m: [] for m in METHODS}, "models": {}, "summary": {m: [] for m in METHODS}}
+    for result in per_seed:
+        for method, (history, state) in result.items():
+            out["histories"][method].append(history)
+            out["summary"][method].append(summarize(history))
+            if method not in out["models"]:
+                model = build_model(cfg, data.x[0].shape[1])
+                model.load_state_dict(state)
+                out["models"][method] = model
+    return out
+
+
+def metrics_table(summary: dict) -> dict:
+    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
+    axis = {"fl": "rounds", "central": "epochs", "matched": "epochs"}
+    out = {}
+    for method, rows in summary.items():
+        col = lambda k: mean_std([r[k] for r in rows])  # noqa: E731
+        out[f"{axis[method]}_to_95_{method}"] = col("to_95")
+        out[f"{axis[method]}_to_95_gain_{method}"] = col("to_95_gain")
+        for key in ("alignment", "best_alignment", "fairness", "jain", "worst_group", "auc"):
+            out[f"{key}_{method}"] = col(key)
+    return out

@@ -16,7 +16,7 @@ def test_notebook_runs_in_smoke(path, tmp_path):
     figures = tmp_path / "figures"
     papermill.execute_notebook(str(path), str(tmp_path / path.name), cwd=str(path.parent), progress_bar=False,
                                parameters={"preset": "smoke", "figures_dir": str(figures)})
-    results = list(figures.rglob("results.json"))
+    results = list(figures.rglob("results.json")) + list(figures.rglob("metrics.json"))
     assert results, "the notebook wrote no results file"
     assert json.loads(results[0].read_text())["preset"] == "smoke"
     assert list(figures.rglob("*.png")), "the notebook wrote no figure"

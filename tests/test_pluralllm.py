@@ -254,3 +254,11 @@ def test_too_many_questions_per_batch_is_a_clear_error():
     data = _gss_data(cfg)
     with pytest.raises(ConfigError, match="max_questions=40"):
         P.training_batch(data, data.train_groups[:1], cfg, random.Random(0))
+
+
+def test_parallel_seeds_give_the_same_numbers_as_serial():
+    cfg = P.get_preset("smoke", rounds=2, central_epochs=2)
+    serial = P.run_experiment(cfg, [0, 1], workers=1, progress=False)
+    parallel = P.run_experiment(cfg, [0, 1], workers=2, progress=False)
+    assert serial["summary"] == parallel["summary"]
+    assert P.metrics_table(serial["summary"])["alignment_fl"]["n"] == 2

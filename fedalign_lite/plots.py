@@ -1,0 +1,29 @@
+"""Figure helpers the notebooks share (matplotlib only; each draws on an axis it is given)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def plot_mean_band(ax, curves: list, label: str, x=None, **style):
+    """Mean over seeds with a +-1 std band. ``curves``: one 1-D sequence per seed, equal lengths."""
+    arr = np.asarray(curves, dtype=np.float64)
+    mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
+    x = np.arange(arr.shape[1]) if x is None else np.asarray(x)
+    line, = ax.plot(x, mean, label=f"{label} (n={arr.shape[0]})", **style)
+    if arr.shape[0] > 1:
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    return line
+
+
+def plot_distributions(ax, options: list[str], dists: dict, title: str = ""):
+    """Grouped bars: one bar group per option, one bar per named distribution."""
+    width = 0.8 / len(dists)
+    x = np.arange(len(options))
+    for i, (name, d) in enumerate(dists.items()):
+        ax.bar(x + (i - (len(dists) - 1) / 2) * width, d, width, label=name)
+    ax.set_xticks(x, options)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of the group")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
