@@ -5,16 +5,20 @@ import torch
 import torch.nn.functional as F
 
 
+def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """sum_t log softmax(logits)[y_t] over completion tokens, shape (B,) in nats; logits (B, T, V)."""
+    token_logps = torch.gather(logits[:, :-1].float().log_softmax(-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_logps * completion_mask[:, 1:]).sum(-1)
+
+
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    completion_mask: torch.Tensor) -> torch.Tensor:
     """sum_t log pi(y_t | x, y_<t) over completion tokens, shape (B,) in nats.
 
     All inputs are (B, T); ``completion_mask`` is 1 on the response tokens.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    targets = input_ids[:, 1:]
-    token_logps = torch.gather(logits.float().log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * completion_mask[:, 1:]).sum(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return completion_logps(logits, input_ids, completion_mask)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

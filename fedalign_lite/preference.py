@@ -69,3 +69,39 @@ def collate(tokenized: list[dict], pad_id: int, max_length: int | None = None) -
         s, m = s[:width], m[:width]
         ids[i, : len(s)], att[i, : len(s)], comp[i, : len(m)] = torch.tensor(s), 1, torch.tensor(m)
     return {"input_ids": ids, "attention_mask": att, "completion_mask": comp}
+
+
+def _broken_code(solution: str, rng: random.Random) -> str:
+    """A subtly wrong variant of a one-line solution: an off-by-one constant or a swapped operator."""
+    head, body = solution.rsplit("\n", 1)
+    swaps = [(" + ", " - "), (" - ", " + "), (" * ", " + "), (" > ", " >= "), (" % ", " // ")]
+    for a, b in swaps:
+        if a in body and rng.random() < 0.5:
+            return f"{head}\n{body.replace(a, b, 1)}"
+    k = body.rstrip().split()[-1]
+    return f"{head}\n{body[: len(body) - len(k)]}{int(k) + rng.choice([-1, 1])}"
+
+
+def code_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Code preference pairs: a correct one-line function is chosen over a subtly broken one."""
+    from .tasks import code_task
+
+    rng = random.Random(seed)
+    tasks = [code_task(rng) for _ in range(n)]
+    return [{"prompt": t["prompt"], "chosen": t["solution"], "rejected": _broken_code(t["solution"], rng)}
+            for t in tasks]
+
+
+def math_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Math preference pairs: the worked answer is chosen over the same text with a wrong result."""
+    from .tasks import arithmetic_problem
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p = arithmetic_problem(rng)
+        wrong = p["answer"] + rng.choice([-2, -1, 1, 2, 10])
+        out.append({"prompt": p["prompt"], "chosen": p["solution"],
+                    "rejected": p["solution"].replace(f"= {p['answer']}.", f"= {wrong}.").replace(
+                        f"answer is {p['answer']}.", f"answer is {wrong}.")})
+    return out

@@ -1,0 +1,428 @@
+"""FedPDPO (Zhu et al. 2026): personalized federated DPO. [RECONSTRUCTION: the paper's method section and
+code are not public; this follows PAPERS.md 5.3, itself pinned to the abstract.]
+
+Per client i, on a frozen backbone f_0:
+
+    h        = f_0 with the shared LoRA adapter (A, B)            (the only weights that cross the network)
+    h~       = h + W_up^i relu(W_down^i h)                         bottleneck adapter, W_up^i = 0 at init
+    log pi_i = log softmax(H_i h~)                                 personal LM head H_i, init = lm_head
+    r^_i     = beta [log pi_i(y|x) - log pi_ref(y|x)]              implicit reward (DPO)
+    r~_i     = v_i^T h~_last + c_i                                 explicit reward head
+    L_i      = L_DPO(r^_i) + mu * L_BT(r~_i),  L_BT = -log sigma(r~_i(x, y_w) - r~_i(x, y_l))
+    server: FedAvg of the LoRA (A, B), weighted by n_i
+
+pi_ref is the frozen backbone with the original head (no LoRA, no adapter) [choice, PAPERS.md 5.3];
+``reference="global"`` makes it the round-start model instead (what TRL 1.x does silently when
+handed a PeftModel). The additive loss is used, not the "complement" joint-margin variant. Accuracy
+is the implicit reward's (r^(y_w) > r^(y_l), TRL's ``rewards/accuracies``); the explicit head shapes
+training only and its own accuracy is logged beside it.
+
+Every method is this model with components switched (``METHODS``): what is shared, what is
+personal, what is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .aggregators import aggregate_fedavg
+from .config import MODELS, ValidatedConfig
+from .errors import ConfigError, check_choice, check_positive
+from .fed_dpo import batch_indices, pair_group, reference_logps
+from .federated import ClientUpdate, derive_seed, run_federated
+from .losses import completion_logps, dpo_loss, reward_accuracy
+from .models import add_lora, get_adapter_state, load_model, set_adapter_state
+from .partition import partition_dirichlet, partition_iid
+from .preference import code_pairs, collate, math_pairs, review_pairs, tokenize_pair
+
+
+@dataclass(frozen=True)
+class Components:
+    lora: str = "shared"        # "shared" (FedAvg) or "local" (never leaves the client)
+    head: str = "personal"      # "personal", "shared" (uploaded and averaged) or "frozen" (the base lm_head)
+    adapter: bool = True        # bottleneck adapter (personal)
+    reward_head: bool = True    # explicit Bradley-Terry reward head (personal)
+
+
+METHODS = {
+    "local": Components("local", "personal", False, False),
+    "fedavg": Components("shared", "shared", False, False),
+    "fedper": Components("shared", "personal", False, False),
+    "fedpdpo": Components(),
+    "no_reward_head": Components(reward_head=False),
+    "no_adapter": Components(adapter=False),
+    "no_personal_head": Components(head="frozen"),
+}
+SETTINGS = ("iid", "noniid", "cross")
+DOMAINS = ("reviews", "code", "math")
+
+
+@dataclass(frozen=True)
+class PDPOConfig(ValidatedConfig):
+    preset: str = "cpu"
+    model: str = "fedalign-base"
+    num_clients: int = 10           # intra-domain; the cross-domain setting always has 3 (one per domain)
+    rounds: int = 4
+    local_steps: int = 3
+    batch_size: int = 4
+    lr: float = 3e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    bottleneck: int = 16            # adapter width [PROPOSAL: 8-16 for toy models]
+    max_length: int = 48
+    beta: float = 0.1
+    mu: float = 1.0                 # weight of the Bradley-Terry loss [PROPOSAL]
+    reference: str = "base"         # "base" (frozen backbone) or "global" (round-start model)
+    pairs_per_client: int = 24
+    eval_per_client: int = 16
+    alpha: float = 0.5              # Dirichlet concentration over movie buckets (non-IID)
+    critic_fraction: float = 0.3    # non-IID: share of clients whose rater prefers the rotten review
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        if self.model not in MODELS and not self.model.startswith("hub:"):
+            raise ConfigError(f"model={self.model!r} is not allowed; choose one of {list(MODELS)} or 'hub:<org>/<name>'")
+        check_choice("reference", self.reference, ("base", "global"))
+        for name in ("num_clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha", "bottleneck",
+                     "max_length", "pairs_per_client", "eval_per_client"):
+            check_positive(name, getattr(self, name), integer=True)
+        for name in ("lr", "beta", "alpha"):
+            check_positive(name, getattr(self, name))
+        check_positive("mu", self.mu, allow_zero=True)
+        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        if not 0 <= self.critic_fraction < 1:
+            raise ConfigError(f"critic_fraction must be in [0, 1), got {self.critic_fraction}")
+
+
+_PRESETS = {
+    "smoke": dict(model="random-tiny", num_clients=4, rounds=2, local_steps=2, batch_size=2, pairs_per_client=6,
+                  eval_per_client=4, max_length=48),
+    "cpu": {},
+    "gpu": dict(model="smollm2-135m", rounds=20, local_steps=10, batch_size=8, pairs_per_client=200,
+                eval_per_client=50, max_length=128, lr=5e-4, bottleneck=64),
+}
+
+
+def get_preset(name: str, **overrides) -> PDPOConfig:
+    """The validated FedPDPO preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
+    check_choice("preset", name, _PRESETS)
+    return PDPOConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+
+
+# ------------------------------------------------------------------------------------------ data --
+
+def flip(pair: dict) -> dict:
+    """The same pair as a critic rates it: the rotten review is chosen."""
+    return {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
+
+
+def client_pairs(cfg: PDPOConfig, setting: str) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
+    """(train pairs per client, held-out pairs per client, client descriptions) for a setting.
+
+    * ``iid``: review pairs spread uniformly; every rater prefers the fresh review.
+    * ``noniid``: Dirichlet(alpha) over 5 movie buckets (topic skew) AND preference skew: a
+      ``critic_fraction`` of the clients have a rater who prefers the rotten review (their pairs are
+      flipped). [Our construction: the paper's is unknown. Topic skew alone leaves FedAvg-DPO's
+      accuracy intact because every client agrees on the direction; it is the heterogeneous
+      preference that costs a shared model accuracy, which is the problem personalization targets.]
+    * ``cross``: 3 clients, one domain each: reviews, code (correct vs subtly broken function),
+      math (correct vs wrong result).
+    """
+    check_choice("setting", setting, SETTINGS)
+    n = cfg.pairs_per_client + cfg.eval_per_client
+    if setting == "cross":
+        per = [review_pairs(cfg.seed)[:n], code_pairs(n, cfg.seed), math_pairs(n, cfg.seed)]
+        names = list(DOMAINS)
+    else:
+        pairs = review_pairs(cfg.seed)
+        if setting == "iid":
+            parts = partition_iid(len(pairs), cfg.num_clients, cfg.seed)
+        else:
+            parts = partition_dirichlet([pair_group(p) for p in pairs], cfg.num_clients, cfg.alpha, cfg.seed,
+                                        min_size=n)
+        per = [[pairs[i] for i in np.random.default_rng(derive_seed(cfg.seed, c)).permutation(part)[:n]]
+               for c, part in enumerate(parts)]
+        if min(len(p) for p in per) < n:
+            raise ConfigError(f"pairs_per_client + eval_per_client = {n} exceeds a client's share of "
+                              f"{len(pairs)} review pairs; lower them")
+        critics = set(critic_clients(cfg)) if setting == "noniid" else set()
+        per = [[flip(p) for p in ps] if c in critics else ps for c, ps in enumerate(per)]
+        names = [f"client {c} ({'critic' if c in critics else 'fan'})" for c in range(cfg.num_clients)]
+    return [p[cfg.eval_per_client:] for p in per], [p[: cfg.eval_per_client] for p in per], names
+
+
+def critic_clients(cfg: PDPOConfig) -> list[int]:
+    """Which clients' raters prefer rotten reviews in the non-IID setting (seeded)."""
+    k = int(round(cfg.critic_fraction * cfg.num_clients))
+    return sorted(np.random.default_rng(derive_seed(cfg.seed, 4242)).choice(cfg.num_clients, k, replace=False).tolist())
+
+
+# ----------------------------------------------------------------------------------------- model --
+
+class PersonalizedLM(nn.Module):
+    """The backbone with LoRA, plus the head, bottleneck adapter and reward head of PAPERS.md 5.3.
+
+    One instance serves every client: a client's personal modules are loaded before its update
+    (:meth:`load_personal`) and saved after it (:meth:`personal_state`).
+    """
+
+    def __init__(self, peft_model, components: Components, bottleneck: int):
+        super().__init__()
+        base = peft_model.get_base_model()
+        self.peft, self.backbone, self.base_head = peft_model, base.model, base.lm_head
+        self.components = components
+        hidden, vocab = base.config.hidden_size, base.config.vocab_size
+        self.head = nn.Linear(hidden, vocab, bias=False)
+        self.head.weight.data.copy_(base.lm_head.weight.data)          # H_i init = the pretrained lm_head
+        self.adapter_down = nn.Linear(hidden, bottleneck)
+        self.adapter_up = nn.Linear(bottleneck, hidden)
+        nn.init.zeros_(self.adapter_up.weight)                          # zero-init: h~ = h at the start
+        nn.init.zeros_(self.adapter_up.bias)
+        self.reward = nn.Linear(hidden, 1)
+        self.initial = {k: v.detach().clone() for k, v in self.personal_modules().items()}
+        self.initial_lora = get_adapter_state(peft_model)
+
+    def personal_modules(self) -> dict:
+        """{name: parameter} of the head, adapter and reward head (whether personal, shared or unused)."""
+        return {"head.weight": self.head.weight, "adapter_down.weight": self.adapter_down.weight,
+                "adapter_down.bias": self.adapter_down.bias, "adapter_up.weight": self.adapter_up.weight,
+                "adapter_up.bias": self.adapter_up.bias, "reward.weight": self.reward.weight,
+                "reward.bias": self.reward.bias}
+
+    def hidden(self, input_ids, attention_mask) -> torch.Tensor:
+        """h~ (B, T, hidden): the LoRA backbone's last hidden state, through the adapter when it is on."""
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if self.components.adapter:
+            h = h + self.adapter_up(F.relu(self.adapter_down(h)))
+        return h
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        h = self.hidden(input_ids, attention_mask)
+        head = self.base_head if self.components.head == "frozen" else self.head
+        return SimpleNamespace(logits=head(h), hidden=h)
+
+    def explicit_reward(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """r~ (B,): the reward head on the last real token's h~ (right padding)."""
+        last = attention_mask.sum(1) - 1
+        return self.reward(h[torch.arange(len(h)), last]).squeeze(-1)
+
+    def trainable(self) -> list:
+        c = self.components
+        params = [p for n, p in self.peft.named_parameters() if "lora_" in n]
+        if c.head != "frozen":
+            params.append(self.head.weight)
+        if c.adapter:
+            params += [self.adapter_down.weight, self.adapter_down.bias, self.adapter_up.weight, self.adapter_up.bias]
+        if c.reward_head:
+            params += [self.reward.weight, self.reward.bias]
+        return params
+
+    def shared_state(self) -> dict:
+        """What the client uploads: the LoRA (if shared) and the head (if shared)."""
+        out = get_adapter_state(self.peft) if self.components.lora == "shared" else {}
+        if self.components.head == "shared":
+            out["head.weight"] = self.head.weight.detach().clone()
+        return out
+
+    def load_shared(self, state: dict) -> None:
+        lora = {k: v for k, v in state.items() if k != "head.weight"}
+        if lora:
+            set_adapter_state(self.peft, lora)
+        if "head.weight" in state:
+            self.head.weight.data.copy_(state["head.weight"])
+
+    def personal_state(self) -> dict:
+        """What stays on the client: its personal modules, and its LoRA when that is local."""
+        out = {k: v.detach().clone() for k, v in self.personal_modules().items()
+               if not (k == "head.weight" and self.components.head == "shared")}
+        if self.components.lora == "local":
+            out.update({f"lora/{k}": v for k, v in get_adapter_state(self.peft).items()})
+        return out
+
+    def load_personal(self, state: dict) -> None:
+        """Load a client's personal modules; a client seen for the first time gets the initial ones."""
+        with torch.no_grad():
+            for k, p in self.personal_modules().items():
+                if k == "head.weight" and self.components.head == "shared":
+                    continue
+                p.copy_(state.get(k, self.initial[k]))
+        if self.components.lora == "local":
+            lora = {k[5:]: v for k, v in state.items() if k.startswith("lora/")}
+            set_adapter_state(self.peft, lora or self.initial_lora)
+
+
+def build_model(cfg: PDPOConfig, components: Components):
+    """(PersonalizedLM, tokenizer) on a freshly loaded base, seeded by cfg.seed; the LoRA starts at B = 0."""
+    base, tok = load_model(cfg.model, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return PersonalizedLM(add_lora(base, cfg.lora_r, cfg.lora_alpha), components, cfg.bottleneck), tok
+
+
+# ---------------------------------------------------------------------------------------- losses --
+
+_REFERENCE_CACHE: dict = {}
+
+
+def frozen_reference_logps(model: "PersonalizedLM", tokenized: list[dict], pad_id: int, cfg: PDPOConfig) -> torch.Tensor:
+    """(n, 2) log-probs of the frozen base on ``tokenized``, cached across runs in this process.
+
+    Every method and ablation of one (model, seed, setting) shares the same frozen base and pairs,
+    so the notebook computes each client's reference once instead of once per method.
+    """
+    key = (cfg.model, cfg.seed, cfg.max_length,
+           hashlib.sha256(json.dumps([[t["prompt_ids"], t["chosen_ids"], t["rejected_ids"]] for t in tokenized])
+                          .encode()).hexdigest())
+    if key not in _REFERENCE_CACHE:
+        if len(_REFERENCE_CACHE) > 1024:
+            _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = reference_logps(model.peft, tokenized, pad_id, cfg.max_length)
+    return _REFERENCE_CACHE[key]
+
+
+def pair_scores(model: PersonalizedLM, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sequence log-probs (2B,) and, with a reward head, explicit rewards (2B,) for a collated batch."""
+    out = model(batch["input_ids"], batch["attention_mask"])
+    logps = completion_logps(out.logits, batch["input_ids"], batch["completion_mask"])
+    rewards = model.explicit_reward(out.hidden, batch["attention_mask"]) if model.components.reward_head else None
+    return logps, rewards
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigma(r_w - r_l), mean over pairs (TRL RewardTrainer's loss, no margin)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def pdpo_loss(model: PersonalizedLM, batch: dict, ref: torch.Tensor, cfg: PDPOConfig):
+    """L = L_DPO + mu * L_BT (PAPERS.md 5.3) on a collated batch; ``ref`` is (B, 2) reference log-probs."""
+    logps, rewards = pair_scores(model, batch)
+    pc, pr = logps.view(2, -1)
+    loss, rc, rr = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta)
+    metrics = {"dpo_loss": loss.item(), "reward_acc": reward_accuracy(rc, rr)}
+    if rewards is not None:
+        ec, er = rewards.view(2, -1)
+        bt = bradley_terry_loss(ec, er)
+        loss = loss + cfg.mu * bt
+        metrics.update(bt_loss=bt.item(), explicit_acc=reward_accuracy(ec.detach(), er.detach()))
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------- the algorithm --
+
+def make_client_update(model: PersonalizedLM, train: list[list[dict]], pad_id: int, cfg: PDPOConfig):
+    """Local personalized DPO (PAPERS.md 5.3): K steps of L_DPO + mu L_BT, upload the shared part only."""
+
+    def client_update(ctx) -> ClientUpdate:
+        data, ps = train[ctx.client_id], ctx.personal_state
+        model.load_shared(ctx.global_state)
+        model.load_personal(ps)
+        if cfg.reference == "global":     # the round-start model, recomputed every round
+            ref = _policy_logps(model, data, pad_id, cfg)
+        else:                             # the frozen backbone never changes: computed once, kept
+            ps.setdefault("ref_logps", frozen_reference_logps(model, data, pad_id, cfg))
+            ref = ps["ref_logps"]
+        model.train()
+        opt = torch.optim.Adam(model.trainable(), lr=cfg.lr)
+        step0, logs = ps.get("step", 0), []
+        for k in range(cfg.local_steps):
+            idx = batch_indices(len(data), step0 + k, cfg.batch_size, derive_seed(cfg.seed, ctx.client_id))
+            loss, m = pdpo_loss(model, collate([data[i] for i in idx], pad_id, cfg.max_length), ref[idx], cfg)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            logs.append(m)
+        model.eval()
+        personal = {**model.personal_state(), "step": step0 + cfg.local_steps}
+        if "ref_logps" in ps:
+            personal["ref_logps"] = ps["ref_logps"]
+        metrics = {k: float(np.mean([m[k] for m in logs])) for k in logs[0]}
+        return ClientUpdate(model.shared_state(), len(data), metrics, personal)
+
+    return client_update
+
+
+@torch.no_grad()
+def _policy_logps(model: PersonalizedLM, tokenized: list[dict], pad_id: int, cfg: PDPOConfig) -> torch.Tensor:
+    """(n, 2) log-probs of the current model (chosen, rejected), in eval mode."""
+    model.eval()
+    out = [pair_scores(model, collate(tokenized[i:i + 32], pad_id, cfg.max_length))[0].view(2, -1).T
+           for i in range(0, len(tokenized), 32)]
+    return torch.cat(out)
+
+
+def make_evaluate(model: PersonalizedLM, held: list[list[dict]], pad_id: int, cfg: PDPOConfig):
+    """Personalized accuracy: each client's model (global shared part + its personal modules) on its
+    own held-out pairs; ``acc`` is the mean over clients, ``acc/<i>`` per client."""
+    refs = [frozen_reference_logps(model, h, pad_id, cfg) for h in held]
+
+    @torch.no_grad()
+    def evaluate(global_state: dict, round_: int, personal_states: dict) -> dict:
+        model.load_shared(global_state)
+        row, explicit = {}, []
+        for c, (pairs, ref) in enumerate(zip(held, refs)):
+            model.load_personal(personal_states.get(c, {}))
+            batch = collate(pairs, pad_id, cfg.max_length)
+            logps, rewards = pair_scores(model, batch)
+            pc, pr = logps.view(2, -1)
+            _, rc, rr = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta)
+            row[f"acc/{c}"] = reward_accuracy(rc, rr)
+            if rewards is not None:
+                explicit.append(reward_accuracy(*rewards.view(2, -1)))
+        row["acc"] = float(np.mean([v for k, v in row.items() if k.startswith("acc/")]))
+        if explicit:
+            row["explicit_acc"] = float(np.mean(explicit))
+        return row
+
+    return evaluate
+
+
+def run(cfg: PDPOConfig, method: str, setting: str, *, run_dir=None, progress: bool = True):
+    """One method in one setting; returns (FederatedRun, client descriptions)."""
+    check_choice("method", method, METHODS)
+    train_pairs, held_pairs, names = client_pairs(cfg, setting)
+    model, tok = build_model(cfg, METHODS[method])
+    train = [[tokenize_pair(tok, p) for p in ps] for ps in train_pairs]
+    held = [[tokenize_pair(tok, p) for p in ps] for ps in held_pairs]
+    result = run_federated(make_client_update(model, train, tok.pad_token_id, cfg), aggregate_fedavg,
+                           model.shared_state(), num_clients=len(train), rounds=cfg.rounds, seed=cfg.seed,
+                           evaluate=make_evaluate(model, held, tok.pad_token_id, cfg), run_dir=run_dir,
+                           fingerprint=f"{cfg.fingerprint()}-{method}-{setting}", progress=progress)
+    return result, names
+
+
+# ---------------------------------------------------------------------------------- experiment --
+
+INTRA = [("iid", "fedavg")] + [("noniid", m) for m in METHODS]
+CROSS = [("cross", m) for m in ("local", "fedavg", "fedper", "fedpdpo")]
+
+
+def run_experiment(cfg: PDPOConfig, seeds: list[int], progress: bool = True) -> dict:
+    """Every (setting, method) of the notebook for each seed: ``{(setting, method): [metrics DataFrame per seed]}``."""
+    from tqdm.auto import tqdm
+
+    out = {}
+    jobs = [(s, m, seed) for seed in seeds for s, m in INTRA + CROSS]
+    for setting, method, seed in tqdm(jobs, desc="runs", disable=not progress):
+        result, _ = run(cfg.replace(seed=seed), method, setting, progress=False)
+        out.setdefault((setting, method), []).append(result.metrics)
+    return out
+
+
+def metrics_table(runs: dict) -> dict:
+    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds (final-round accuracy)."""
+    from .metrics import mean_std
+
+    final = lambda setting, method, col="acc": mean_std([m[col].iloc[-1] for m in runs[(setting, method)]])  # noqa: E731
+    table = {"acc_iid_fedavg": final("iid", "fedavg")}
+    table.update({f"acc_noniid_{m}": final("noniid", m) for m in ("fedavg", "local", "fedper", "fedpdpo")})
+    table.update({f"acc_ablation_{m}": final("noniid", m) for m in ("no_reward_head", "no_adapter", "no_personal_head")})
+    table["cross_domain"] = {d: {m: final("cross", m, f"acc/{i}") for _, m in CROSS} for i, d in enumerate(DOMAINS)}
+    table["bytes_up_per_round"] = {m: float(runs[("noniid", m)][0]["bytes_up"].iloc[1]) for m in METHODS}
+    return table

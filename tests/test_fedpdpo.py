@@ -1,0 +1,165 @@
+"""FedPDPO: losses against TRL (DPOTrainer, RewardTrainer; one step, lr 0, same batch), what leaves a
+client, what aggregation may not touch, and the data constructions."""
+import copy
+import math
+
+import pytest
+import torch
+
+from fedalign_lite import fedpdpo as F
+from fedalign_lite.chat import format_prompt
+from fedalign_lite.errors import ConfigError
+from fedalign_lite.losses import sequence_logps
+from fedalign_lite.models import load_model
+from fedalign_lite.preference import collate, review_pairs, tokenize_pair
+
+CFG = F.get_preset("smoke")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in review_pairs(seed=0)[:6]]
+
+
+def _trl_args(cls, **kw):
+    return cls(output_dir="/tmp/fedalign-trl-test", per_device_train_batch_size=6, max_steps=1, learning_rate=0.0,
+               report_to="none", save_strategy="no", bf16=False, use_cpu=True, disable_tqdm=True, logging_steps=1,
+               **kw)
+
+
+def test_dpo_loss_of_the_personalized_model_matches_trl(pairs):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
+    ref, _ = load_model("random-tiny", seed=1)           # another model, so the loss is not ln 2
+    batch = collate([tokenize_pair(tok, p) for p in pairs], tok.pad_token_id)
+    with torch.no_grad():
+        ref_logps = sequence_logps(ref, **batch).view(2, -1).T
+        _, metrics = F.pdpo_loss(model, batch, ref_logps, CFG.replace(mu=0.0))
+    policy, _ = load_model("random-tiny", seed=CFG.seed)   # the personalized model at init is the base
+    chat = [{**p, "prompt": format_prompt(p["prompt"], tok)} for p in pairs]
+    trainer = DPOTrainer(model=policy, ref_model=copy.deepcopy(ref), processing_class=tok,
+                         args=_trl_args(DPOConfig, beta=CFG.beta, max_length=None), train_dataset=Dataset.from_list(chat))
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert metrics["dpo_loss"] == pytest.approx(log["loss"], rel=1e-4)
+    assert abs(metrics["dpo_loss"] - math.log(2)) > 1e-3
+    assert metrics["reward_acc"] == pytest.approx(log["rewards/accuracies"])
+
+
+def test_bradley_terry_loss_matches_trl_reward_trainer(pairs):
+    from datasets import Dataset
+    from transformers import LlamaForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
+    torch.nn.init.normal_(model.reward.weight, std=1.0)      # a reward head that separates something
+    conf = copy.deepcopy(model.peft.get_base_model().config)
+    conf.num_labels, conf.pad_token_id = 1, tok.pad_token_id
+    rm = LlamaForSequenceClassification(conf)
+    base, _ = load_model("random-tiny", seed=CFG.seed)
+    rm.model.load_state_dict(base.model.state_dict())     # LoRA B = 0 and the adapter is 0: same backbone
+    rm.score.weight.data.copy_(model.reward.weight.data)    # the bias cancels in r_w - r_l
+    chat = [{**p, "prompt": format_prompt(p["prompt"], tok)} for p in pairs]
+    trainer = RewardTrainer(model=rm, args=_trl_args(RewardConfig), train_dataset=Dataset.from_list(chat),
+                            processing_class=tok)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    batch = collate([tokenize_pair(tok, p) for p in pairs], tok.pad_token_id)
+    # TRL tokenizes prompt + response + EOS exactly as our pairs are
+    assert trainer.train_dataset[0]["chosen_ids"] == batch["input_ids"][0][batch["attention_mask"][0] == 1].tolist()
+    with torch.no_grad():
+        _, rewards = F.pair_scores(model, batch)
+    chosen, rejected = rewards.view(2, -1)
+    assert F.bradley_terry_loss(chosen, rejected).item() == pytest.approx(log["loss"], rel=1e-4)
+    assert (chosen > rejected).float().mean().item() == pytest.approx(log["accuracy"])
+
+
+def test_zero_initialised_adapter_and_copied_head_leave_the_model_unchanged(pairs):
+    model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
+    base, _ = load_model("random-tiny", seed=CFG.seed)
+    batch = collate([tokenize_pair(tok, p) for p in pairs], tok.pad_token_id)
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["attention_mask"]).logits
+        theirs = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert model.adapter_up.weight.abs().sum() == 0
+
+
+@pytest.fixture(scope="module")
+def fedpdpo_run():
+    return F.run(CFG, "fedpdpo", "noniid", progress=False)[0]
+
+
+def test_only_lora_leaves_a_client(fedpdpo_run):
+    keys = set(fedpdpo_run.global_state)
+    assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
+    lora_bytes = sum(v.numel() * v.element_size() for v in fedpdpo_run.global_state.values())
+    scalars = 1 + 4                       # n_i; dpo_loss, reward_acc, bt_loss, explicit_acc
+    assert fedpdpo_run.history[1]["bytes_up"] == CFG.num_clients * (lora_bytes + 8 * scalars)
+
+
+def test_uploads_per_method():
+    expected = {"local": set(), "fedper": {"lora"}, "fedavg": {"lora", "head"}}
+    for method, kinds in expected.items():
+        model, _ = F.build_model(CFG, F.METHODS[method])
+        up = model.shared_state()
+        assert {("head" if k == "head.weight" else "lora") for k in up} == kinds, method
+
+
+def test_personal_modules_are_untouched_by_aggregation(fedpdpo_run):
+    states = fedpdpo_run.personal_states
+    for key in ("head.weight", "adapter_up.weight", "reward.weight"):
+        assert not torch.equal(states[0][key], states[1][key]), key     # each client kept its own
+        assert key not in fedpdpo_run.global_state
+    # and what a client saved is exactly what it loads next round: run one more round by hand
+    model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
+    model.load_personal(states[0])
+    assert torch.equal(model.head.weight, states[0]["head.weight"])
+    model.load_shared(fedpdpo_run.global_state)
+    assert torch.equal(model.head.weight, states[0]["head.weight"])
+
+
+def test_reference_global_starts_each_round_at_ln2():
+    run, _ = F.run(CFG.replace(reference="global", local_steps=1, rounds=1), "fedper", "iid", progress=False)
+    assert run.history[1]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    base, _ = F.run(CFG.replace(local_steps=1, rounds=1), "fedper", "iid", progress=False)
+    assert base.history[1]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)   # round 1: global = base
+    two, _ = F.run(CFG.replace(reference="global", local_steps=1, rounds=2), "fedper", "iid", progress=False)
+    two_base, _ = F.run(CFG.replace(local_steps=1, rounds=2), "fedper", "iid", progress=False)
+    assert two.history[2]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(two_base.history[2]["client_dpo_loss"] - math.log(2)) > 1e-6
+
+
+def test_data_constructions():
+    cfg = CFG.replace(num_clients=5, critic_fraction=0.4)
+    iid_train, iid_held, _ = F.client_pairs(cfg, "iid")
+    non_train, _, names = F.client_pairs(cfg, "noniid")
+    critics = F.critic_clients(cfg)
+    assert len(critics) == 2 and sum("critic" in n for n in names) == 2
+    originals = {(p["movie"], p["chosen"], p["rejected"]) for p in review_pairs(cfg.seed)}
+    for c, ps in enumerate(non_train):
+        flipped = [(p["movie"], p["rejected"], p["chosen"]) in originals for p in ps]
+        assert all(flipped) if c in critics else not any(flipped)
+    assert all(len(t) == cfg.pairs_per_client and len(h) == cfg.eval_per_client for t, h in zip(iid_train, iid_held))
+    cross, _, names = F.client_pairs(cfg, "cross")
+    assert names == ["reviews", "code", "math"] and "def " in cross[1][0]["chosen"]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("reference", "policy", "reference='policy' is not allowed"),
+    ("critic_fraction", 1.0, "critic_fraction must be in"),
+    ("mu", -1.0, "mu must be"),
+    ("model", "gpt2", "model='gpt2' is not allowed"),
+])
+def test_bad_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        F.get_preset("smoke", **{field: value})
+
+
+def test_unknown_method_or_setting_is_a_clear_error():
+    with pytest.raises(ConfigError, match="method='fedx' is not allowed"):
+        F.run(CFG, "fedx", "iid", progress=False)
+    with pytest.raises(ConfigError, match="setting='mixed' is not allowed"):
+        F.client_pairs(CFG, "mixed")
