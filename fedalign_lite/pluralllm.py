@@ -44,6 +44,7 @@ from .federated import ClientUpdate, clone_state, derive_seed, run_federated, se
 from .gpo import GPO, gpo_loss, make_batch, sample_context_targets
 from .metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
                       steps_to_fraction)
+from .parallel import map_processes
 from .survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
 
 # The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
@@ -358,41 +359,23 @@ def summarize(history: list[dict]) -> dict:
 
 
 def _run_seed(cfg: PluralConfig) -> dict:
-    """The three runs of one seed, on one thread: ``{method: (history, final state_dict)}``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # the same thread count everywhere gives the same float reductions
-    try:
-        data = load_data(cfg)
-        fl, fl_model = run_federated_gpo(cfg, data, progress=False)
-        runs = {"fl": (fl.history, fl_model), "central": run_centralized(cfg, data, 1, progress=False),
-                "matched": run_centralized(cfg, data, cfg.local_steps, progress=False)}
-    finally:
-        torch.set_num_threads(threads)
+    """The three runs of one seed: ``{method: (history, final state_dict)}``."""
+    data = load_data(cfg)
+    fl, fl_model = run_federated_gpo(cfg, data, progress=False)
+    runs = {"fl": (fl.history, fl_model), "central": run_centralized(cfg, data, 1, progress=False),
+            "matched": run_centralized(cfg, data, cfg.local_steps, progress=False)}
     return {m: (history, model.state_dict()) for m, (history, model) in runs.items()}
 
 
 def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
-    """FedAvg, centralized and compute-matched centralized GPO for each seed.
-
-    Seeds run in ``workers`` processes with one thread each: GPO's matrices are too small for a
-    second thread to help, so two single-threaded processes do twice the work on 2 cores
-    (``workers=1`` runs in this process). Results do not depend on ``workers``.
+    """FedAvg, centralized and compute-matched centralized GPO for each seed, seeds in ``workers``
+    processes (:func:`~fedalign_lite.parallel.map_processes`; the numbers do not depend on it).
 
     Returns ``{"data", "histories": {method: [history per seed]}, "models": {method: model of the
     first seed}, "summary": {method: [summarize(history) per seed]}}``.
     """
-    check_positive("workers", workers, integer=True)
     data = load_data(cfg)            # computes the embedding cache once, before any worker reads it
-    configs = [cfg.replace(seed=s) for s in seeds]
-    if workers == 1:
-        per_seed = [_run_seed(c) for c in tqdm(configs, desc="seeds", disable=not progress)]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_seed, c) for c in configs]
-            per_seed = [f.result() for f in tqdm(futures, desc="seeds", disable=not progress)]
+    per_seed = map_processes(_run_seed, [cfg.replace(seed=s) for s in seeds], workers, "seeds", progress)
     out = {"data": data, "histories": {m: [] for m in METHODS}, "models": {}, "summary": {m: [] for m in METHODS}}
     for result in per_seed:
         for method, (history, state) in result.items():
