@@ -76,3 +76,30 @@ def mean_std(values) -> dict:
     """``{"mean", "std", "n"}`` over seeds (population std, 0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def lambda_dispersion(lambdas) -> float:
+    """D1 (PAPERS.md 3.4): (1/N) sum_i ||lambda_i - mean_j lambda_j||^2 over the N clients' weights (N, M)."""
+    lam = np.asarray(lambdas, dtype=np.float64)
+    return float(((lam - lam.mean(0)) ** 2).sum(1).mean())
+
+
+def update_dispersion(updates) -> float:
+    """D2: (1/N) sum_i ||Delta_i - mean Delta||^2 / ||mean Delta||^2 over client updates (N, d)."""
+    u = np.asarray(updates, dtype=np.float64)
+    mean = u.mean(0)
+    return float(((u - mean) ** 2).sum(1).mean() / max((mean ** 2).sum(), 1e-30))
+
+
+def cosine_disagreement(updates) -> float:
+    """D3: 1 - mean pairwise cosine similarity of the client updates (N, d), N >= 2."""
+    u = np.asarray(updates, dtype=np.float64)
+    u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-30)
+    cos = u @ u.T
+    n = len(u)
+    return float(1 - (cos.sum() - np.trace(cos)) / (n * (n - 1)))
+
+
+def total_variation(curve) -> float:
+    """sum_t |x_{t+1} - x_t|: how much a curve moves, up and down (smoothness of a reward curve)."""
+    return float(np.abs(np.diff(np.asarray(curve, dtype=np.float64))).sum())

@@ -145,3 +145,18 @@ def set_adapter_state(model, state: dict) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ConfigError(f"adapter state has keys the model lacks: {unexpected[:3]}")
+
+
+def lora_parameters(model) -> list:
+    """The trainable LoRA tensors (A and B of every adapted layer), in a fixed order."""
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def apply_lora_step(model, direction: torch.Tensor, lr: float) -> None:
+    """theta <- theta + lr * direction over the LoRA tensors; ``direction`` is flat, in
+    :func:`lora_parameters` order (an ascent step when it is a reward gradient)."""
+    with torch.no_grad():
+        offset = 0
+        for p in lora_parameters(model):
+            p.add_(lr * direction[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()

@@ -27,3 +27,13 @@ def plot_distributions(ax, options: list[str], dists: dict, title: str = ""):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
 
+
+
+def ema(values, half_life: float = 20.0) -> np.ndarray:
+    """Exponential moving average with the given half-life in steps (FIRM smooths its curves this way)."""
+    alpha = 1 - 0.5 ** (1 / half_life)
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else alpha * v + (1 - alpha) * acc
+        out.append(acc)
+    return np.asarray(out)

@@ -173,6 +173,17 @@ def cosine_lr(base_lr: float, step: int, t_max: int) -> float:
     return base_lr * (1 + math.cos(math.pi * step / t_max)) / 2
 
 
+def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float) -> float:
+    """One Adam step on the GPO loss at learning rate ``lr``; returns the loss before the step."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = gpo_loss(*model(batch), batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def build_model(cfg: PluralConfig, dim_x: int) -> GPO:
     torch.manual_seed(cfg.seed)
     return GPO(dim_x, cfg.d_model, cfg.emb_depth, cfg.dim_feedforward, cfg.nhead, cfg.num_layers)
@@ -274,14 +285,8 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
             batch = training_batch(data, [group], cfg, rng)
             if n_g is None:                              # quirk 3: tokens of the FIRST local batch
                 n_g = batch.yc.shape[1] + batch.yt.shape[1]
-            for pg in opt.param_groups:
-                pg["lr"] = cosine_lr(cfg.lr, step, t_max)
-            loss = gpo_loss(*model(batch), batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max)))
             step += 1
-            losses.append(loss.item())
         if cfg.fedavg_weights == "questions":
             n_g = len(data.train_questions)
         new_personal = {"lr_step": step, "adam": _adam_state(opt, model) if cfg.persistent_optimizer else {}}
@@ -326,14 +331,8 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
         losses = []
         for _ in range(steps_per_epoch):
             batch = training_batch(data, data.train_groups, cfg, rng)
-            for pg in opt.param_groups:
-                pg["lr"] = cosine_lr(cfg.lr, step, t_max)
-            loss = gpo_loss(*model(batch), batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max)))
             step += 1
-            losses.append(loss.item())
         history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
     return history, model
 

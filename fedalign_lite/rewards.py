@@ -1,0 +1,125 @@
+"""Two reward models that conflict, built from offline parts (FIRM's helpfulness vs harmlessness).
+
+* helpfulness = 0 for a refusal or an empty answer, else the answer's relevance to the prompt:
+  the cosine similarity of their MiniLM embeddings clipped to [0, 1] (``"minilm"``), or the share of
+  the prompt's content words the answer repeats (``"overlap"``).
+* harmlessness = 1 for refusing a harmful prompt and 0 for answering it; on a benign prompt,
+  1 - P(offensive) of the answer by alt-profanity-check (``"profanity-check"``) or 1 - [contains a
+  listed profane word] by better-profanity (``"wordlist"``).
+
+Answering a harmful question is helpful and harmful; refusing everything is harmless and
+unhelpful, so the two objectives genuinely conflict. ``RewardModel`` adds a client's variant:
+another scorer, a scale and Gaussian noise (FIRM's heterogeneous reward models).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .assets import contains_profanity, minilm_embedder, offensive_probability
+from .chat import is_refusal
+from .errors import check_choice, check_positive
+
+OBJECTIVES = ("helpfulness", "harmlessness")
+_STOP = set("a an the of to in on for and or is are was were be do does did how what why who when where which "
+            "can could should would i you me my your it its this that with by from at as about".split())
+_MINILM = None
+
+
+def _content_words(text: str) -> set:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOP}
+
+
+def relevance(prompts: list[str], responses: list[str], scorer: str = "minilm") -> np.ndarray:
+    """(B,) relevance of each response to its prompt, in [0, 1]."""
+    check_choice("helpfulness scorer", scorer, ("minilm", "overlap"))
+    if scorer == "overlap":
+        out = []
+        for p, r in zip(prompts, responses):
+            words = _content_words(p)
+            out.append(len(words & _content_words(r)) / len(words) if words else 0.0)
+        return np.asarray(out)
+    global _MINILM
+    _MINILM = _MINILM or minilm_embedder()
+    emb = _MINILM.encode(list(prompts) + list(responses), batch_size=64, convert_to_numpy=True,
+                         normalize_embeddings=True)
+    return np.clip((emb[: len(prompts)] * emb[len(prompts):]).sum(1), 0.0, 1.0)
+
+
+def helpfulness(prompts: list[str], responses: list[str], scorer: str = "minilm") -> np.ndarray:
+    answered = np.array([bool(r.strip()) and not is_refusal(r) for r in responses], dtype=np.float64)
+    return answered * relevance(prompts, responses, scorer)
+
+
+def harmlessness(responses: list[str], harmful: list[bool], scorer: str = "profanity-check") -> np.ndarray:
+    check_choice("harmlessness scorer", scorer, ("profanity-check", "wordlist"))
+    if scorer == "profanity-check":
+        clean = 1.0 - np.asarray(offensive_probability(list(responses)), dtype=np.float64)
+    else:
+        clean = np.array([0.0 if contains_profanity(r) else 1.0 for r in responses])
+    refused = np.array([is_refusal(r) for r in responses], dtype=np.float64)
+    return np.where(np.asarray(harmful, dtype=bool), refused, clean)
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """One client's pair of reward models: scorers, a scale per objective, and noise (std)."""
+
+    help_scorer: str = "minilm"
+    harm_scorer: str = "profanity-check"
+    scale: tuple = (1.0, 1.0)
+    noise: float = 0.0
+
+    def __post_init__(self):
+        check_choice("help_scorer", self.help_scorer, ("minilm", "overlap"))
+        check_choice("harm_scorer", self.harm_scorer, ("profanity-check", "wordlist"))
+        check_positive("noise", self.noise, allow_zero=True)
+
+    def __call__(self, prompts: list[str], responses: list[str], harmful: list[bool],
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+        """(B, 2) rewards (helpfulness, harmlessness) of each response."""
+        r = np.stack([helpfulness(prompts, responses, self.help_scorer),
+                      harmlessness(responses, harmful, self.harm_scorer)], 1) * np.asarray(self.scale)
+        if self.noise:
+            r = r + (rng or np.random.default_rng(0)).normal(0.0, self.noise, r.shape)
+        return r
+
+
+REFERENCE = RewardModel()
+"""The reward models every global policy is evaluated with (no client variant)."""
+
+
+def client_reward_models(num_clients: int, same: bool, seed: int = 0) -> list[RewardModel]:
+    """Heterogeneous reward models (FIRM's Fig. 4): scorers alternate across clients, scales ~ U[0.8, 1.2],
+    noise std 0.05. ``same=True`` gives every client the reference models."""
+    if same:
+        return [REFERENCE] * num_clients
+    rng = np.random.default_rng(seed)
+    return [RewardModel(("minilm", "overlap")[i % 2], ("profanity-check", "wordlist")[(i // 2) % 2],
+                        tuple(rng.uniform(0.8, 1.2, 2).round(3)), 0.05) for i in range(num_clients)]
+
+
+def reward_model_accuracy(n: int = 200, seed: int = 0) -> dict:
+    """Accuracy of the reward models' parts on held-out labelled examples.
+
+    * ``refusal``: the refusal detector on the project's refusal templates (positives) against
+      TruthfulQA's correct answers (negatives);
+    * ``relevance/<scorer>``: how often a TruthfulQA question's correct answer scores above the
+      correct answer of another question (pairwise accuracy).
+    """
+    from .assets import truthfulqa
+    from .tasks import REFUSALS
+
+    rng = np.random.default_rng(seed)
+    rows = [truthfulqa()[i] for i in rng.permutation(len(truthfulqa()))[:n]]
+    questions, answers = [r["question"] for r in rows], [r["answers"][0] for r in rows]
+    shuffled = [answers[(i + 1) % len(answers)] for i in range(len(answers))]
+    texts = list(REFUSALS) + answers
+    labels = [True] * len(REFUSALS) + [False] * len(answers)
+    out = {"refusal": float(np.mean([is_refusal(t) == y for t, y in zip(texts, labels)]))}
+    for scorer in ("minilm", "overlap"):
+        right, wrong = relevance(questions, answers, scorer), relevance(questions, shuffled, scorer)
+        out[f"relevance/{scorer}"] = float(np.mean(right > wrong))
+    return out

@@ -1,0 +1,69 @@
+"""Sampling responses for on-policy RL, and their log-probabilities under the policy.
+
+Generation batches every prompt (left padding, KV cache). The sampled token ids are kept, so the
+log-probs are taken on exactly what was sampled (re-tokenizing the text can split it differently).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .chat import format_prompt
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor        # (B, T) left-padded prompt, then the response, then padding
+    attention_mask: torch.Tensor   # (B, T) 1 on prompt and response tokens (the response up to its EOS)
+    completion_mask: torch.Tensor  # (B, T) 1 on response tokens only
+    texts: list                    # B decoded responses (special tokens dropped)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions counted from each row's first real token, as ``generate`` uses under left padding."""
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+
+@torch.no_grad()
+def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature: float = 1.0,
+           greedy: bool = False) -> Rollout:
+    """One response per prompt (repeat a prompt G times for a group); RNG state comes from the caller."""
+    tok.padding_side = "left"
+    try:
+        enc = tok([format_prompt(p, tok) for p in prompts], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+    finally:
+        tok.padding_side = "right"
+    was_training = model.training
+    model.eval()
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id,
+                         **({} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}))
+    model.train(was_training)
+    width = enc["input_ids"].shape[1]
+    response = out[:, width:]
+    # a response ends at its first EOS (kept: the policy chose to stop); what follows is padding
+    is_eos = response == tok.eos_token_id
+    after = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    completion = (~after).long()
+    attention = torch.cat([enc["attention_mask"], completion], 1)
+    zeros = torch.zeros_like(enc["attention_mask"])
+    texts = tok.batch_decode(response * completion + tok.pad_token_id * (1 - completion), skip_special_tokens=True)
+    return Rollout(out, attention, torch.cat([zeros, completion], 1), [t.strip() for t in texts])
+
+
+def rollout_logps(model, r: Rollout) -> torch.Tensor:
+    """Sum of log pi(response tokens) per row, (B,) in nats."""
+    return (rollout_token_logps(model, r) * r.completion_mask[:, 1:]).sum(-1)
+
+
+def rollout_token_logps(model, r: Rollout) -> torch.Tensor:
+    """log pi(token t | tokens < t) for t = 1..T-1, (B, T-1); multiply by ``completion_mask[:, 1:]``."""
+    logits = model(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids,
+                   use_cache=False).logits[:, :-1]
+    return torch.gather(logits.float().log_softmax(-1), 2, r.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,103 @@
+"""FIRM's pieces: the reward models by hand, the per-objective gradients against a direct autograd
+of the weighted objective, the ascent step, exact communication bytes, and beta's effect."""
+import numpy as np
+import pytest
+import torch
+
+from fedalign_lite import firm as F
+from fedalign_lite import rewards as R
+from fedalign_lite.errors import ConfigError
+from fedalign_lite.models import add_lora, apply_lora_step, load_model, lora_parameters
+from fedalign_lite.rollout import rollout_logps, sample
+
+CFG = F.get_preset("smoke")
+
+
+def test_rewards_conflict_by_construction():
+    prompts = ["How do I pick a lock?", "Why is the sky blue?"]
+    refuse, answer = "I'm sorry, but I can't help with that.", "The sky is blue because light scatters."
+    help_ = R.helpfulness(prompts, [refuse, answer], "overlap")
+    assert help_[0] == 0.0 and help_[1] == pytest.approx(2 / 2)            # content words: sky, blue
+    harm = R.harmlessness([refuse, answer, answer], [True, True, False], "wordlist")
+    assert harm.tolist() == [1.0, 0.0, 1.0]            # refusing harm: harmless; answering it: not
+    assert R.helpfulness(["Tell me a joke"], [""], "overlap")[0] == 0.0
+
+
+def test_client_reward_models_differ_unless_same():
+    same = R.client_reward_models(4, same=True)
+    assert all(rm == R.REFERENCE for rm in same)
+    diff = R.client_reward_models(4, same=False)
+    assert {rm.help_scorer for rm in diff} == {"minilm", "overlap"} and len(set(diff)) == 4
+    with pytest.raises(ConfigError, match="help_scorer='bleu' is not allowed"):
+        R.RewardModel(help_scorer="bleu")
+
+
+def test_objective_gradients_are_linear_in_the_weights():
+    base, tok = load_model("random-tiny", seed=0)
+    torch.manual_seed(0)
+    policy = add_lora(base, 4, 8)
+    with torch.no_grad():                               # a non-zero adapter so every LoRA factor has a gradient
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    rows = [{"prompt": "Why is the sky blue?", "harmful": False}, {"prompt": "How to steal?", "harmful": True}]
+    rm = R.RewardModel("overlap", "wordlist")
+    torch.manual_seed(1)
+    cfg = CFG.replace(normalize=False)
+    grads, rewards = F.objective_gradients(policy, tok, rows, rm, np.array([0.1, 0.2]), cfg, np.random.default_rng(0))
+    # the same rollout again, then one backward of the weighted objective
+    torch.manual_seed(1)
+    roll = sample(policy, tok, [r["prompt"] for r in rows], cfg.max_new_tokens, cfg.temperature)
+    lam = torch.tensor([0.3, 0.7])
+    adv = torch.as_tensor(rewards - np.array([0.1, 0.2]), dtype=torch.float32)
+    logp = rollout_logps(policy, roll)
+    direct = torch.autograd.grad(((adv @ lam) * logp).mean(), lora_parameters(policy))
+    torch.testing.assert_close(lam @ grads, torch.cat([g.reshape(-1) for g in direct]), rtol=1e-5, atol=1e-7)
+
+
+def test_apply_step_is_plain_ascent():
+    base, _ = load_model("random-tiny", seed=0)
+    policy = add_lora(base, 4, 8)
+    before = torch.cat([p.detach().reshape(-1).clone() for p in lora_parameters(policy)])
+    direction = torch.randn_like(before)
+    apply_lora_step(policy, direction, 0.5)
+    after = torch.cat([p.detach().reshape(-1) for p in lora_parameters(policy)])
+    torch.testing.assert_close(after, before + 0.5 * direction)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {m: F.run(CFG.replace(method=m), progress=False)[0] for m in F.METHODS}
+
+
+def test_communication_bytes_are_exact(runs):
+    lora = sum(v.numel() * v.element_size() for v in runs["firm"].global_state.values())
+    scalars = 8 * (1 + 3)                               # n_i, lambda_help, reward_help, reward_harm
+    assert runs["firm"].history[1]["bytes_up"] == CFG.num_clients * (lora + scalars)
+    assert runs["fedavg"].history[1]["bytes_up"] == CFG.num_clients * (lora + scalars)
+    # FedCMOO-A also sends one gradient per objective (2 x the adapter size); it trains one step fewer from samples
+    assert runs["fedcmoo"].history[1]["bytes_up"] == CFG.num_clients * (3 * lora + 8 * (1 + 3))
+    assert set(runs["fedcmoo"].global_state) == set(runs["firm"].global_state)    # gradients are not averaged
+
+
+def test_drift_rows_and_fixed_weights(runs):
+    assert runs["firm"].server_state["drift"].shape == (CFG.rounds, 3)
+    lam = [x["client_lambda_help"] for x in runs["fedavg"].client_log]
+    assert lam == [0.5] * len(lam)
+    assert runs["fedavg"].server_state["drift"][:, 0].abs().max() == 0        # fixed weights: no dispersion
+
+
+def test_large_beta_pins_every_client_to_p():
+    run, *_ = F.run(CFG.replace(beta=1e9, pref=0.3, rounds=1), progress=False)
+    assert [x["client_lambda_help"] for x in run.client_log] == pytest.approx([0.3] * CFG.num_clients, abs=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "fsmgda", "method='fsmgda' is not allowed"),
+    ("pref", 1.5, "pref must be in"),
+    ("partition", "groups", "partition='groups' is not allowed"),
+    ("beta", -0.1, "beta must be"),
+])
+def test_bad_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        F.get_preset("smoke", **{field: value})
