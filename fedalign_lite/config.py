@@ -25,8 +25,25 @@ AGGREGATORS = ("fedavg", "fedprox", "fedavgm", "fedadam")
 PRESETS = ("smoke", "cpu", "gpu")
 
 
+def check_model_name(model: str) -> None:
+    """Raise ConfigError unless ``model`` is one of MODELS or ``hub:<org>/<name>``."""
+    if model not in MODELS and not str(model).startswith("hub:"):
+        raise ConfigError(f"model={model!r} is not allowed; choose one of {list(MODELS)} or 'hub:<org>/<name>'")
+
+
 class ValidatedConfig:
     """What every frozen config dataclass shares: validated copies, a dict view and a fingerprint."""
+
+    def check_numbers(self, *, integers=(), positives=(), non_negatives=()) -> None:
+        """ConfigError unless the named fields are positive integers, positive numbers, numbers >= 0;
+        ``seed`` must be an integer >= 0."""
+        for name in integers:
+            check_positive(name, getattr(self, name), integer=True)
+        for name in positives:
+            check_positive(name, getattr(self, name))
+        for name in non_negatives:
+            check_positive(name, getattr(self, name), allow_zero=True)
+        check_positive("seed", self.seed, integer=True, allow_zero=True)
 
     def replace(self, **changes):
         """A copy with ``changes`` applied and validated; unknown field names are a ConfigError."""
@@ -73,18 +90,10 @@ class FedConfig(ValidatedConfig):
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESETS)
-        if self.model not in MODELS and not str(self.model).startswith("hub:"):
-            raise ConfigError(
-                f"model={self.model!r} is not allowed; choose one of {list(MODELS)} or 'hub:<org>/<name>'"
-            )
-        for name in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size",
-                     "lora_r", "lora_alpha", "max_length", "num_pairs", "eval_pairs"):
-            check_positive(name, getattr(self, name), integer=True)
-        for name in ("lr", "beta", "alpha", "server_lr"):
-            check_positive(name, getattr(self, name))
-        for name in ("sft_weight", "prox_mu"):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        check_model_name(self.model)
+        self.check_numbers(integers=("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size",
+                                     "lora_r", "lora_alpha", "max_length", "num_pairs", "eval_pairs"),
+                           positives=("lr", "beta", "alpha", "server_lr"), non_negatives=("sft_weight", "prox_mu"))
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum!r}")
         if self.clients_per_round > self.num_clients:

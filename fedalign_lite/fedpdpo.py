@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .aggregators import aggregate_fedavg
-from .config import MODELS, ValidatedConfig
-from .errors import ConfigError, check_choice, check_positive
+from .config import ValidatedConfig, check_model_name
+from .errors import ConfigError, check_choice
 from .fed_dpo import batch_indices, pair_group, reference_logps
 from .federated import ClientUpdate, derive_seed, run_federated
 from .losses import completion_logps, dpo_loss, reward_accuracy
@@ -88,16 +88,11 @@ class PDPOConfig(ValidatedConfig):
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
-        if self.model not in MODELS and not self.model.startswith("hub:"):
-            raise ConfigError(f"model={self.model!r} is not allowed; choose one of {list(MODELS)} or 'hub:<org>/<name>'")
+        check_model_name(self.model)
         check_choice("reference", self.reference, ("base", "global"))
-        for name in ("num_clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha", "bottleneck",
-                     "max_length", "pairs_per_client", "eval_per_client"):
-            check_positive(name, getattr(self, name), integer=True)
-        for name in ("lr", "beta", "alpha"):
-            check_positive(name, getattr(self, name))
-        check_positive("mu", self.mu, allow_zero=True)
-        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        self.check_numbers(integers=("num_clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha",
+                                     "bottleneck", "max_length", "pairs_per_client", "eval_per_client"),
+                           positives=("lr", "beta", "alpha"), non_negatives=("mu",))
         if not 0 <= self.critic_fraction < 1:
             raise ConfigError(f"critic_fraction must be in [0, 1), got {self.critic_fraction}")
 

@@ -27,8 +27,8 @@ import torch
 
 from .aggregators import aggregate_fedavg
 from .assets import asdiv, harmful_prompts, rotten_tomatoes, truthfulqa
-from .config import MODELS, ValidatedConfig
-from .errors import ConfigError, check_choice, check_positive
+from .config import ValidatedConfig, check_model_name
+from .errors import ConfigError, check_choice
 from .federated import ClientUpdate, derive_seed, run_federated, seed_everything
 from .metrics import cosine_disagreement, lambda_dispersion, update_dispersion
 from .mgda import fedcmoo_find_weights, mgda_weights
@@ -72,15 +72,10 @@ class FIRMConfig(ValidatedConfig):
         check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
         check_choice("method", self.method, METHODS)
         check_choice("partition", self.partition, ("dirichlet", "iid"))
-        if self.model not in MODELS and not self.model.startswith("hub:"):
-            raise ConfigError(f"model={self.model!r} is not allowed; choose one of {list(MODELS)} or 'hub:<org>/<name>'")
-        for name in ("num_clients", "rounds", "local_steps", "batch_size", "max_new_tokens", "lora_r", "lora_alpha",
-                     "prompts_per_client", "eval_prompts", "fedcmoo_iters"):
-            check_positive(name, getattr(self, name), integer=True)
-        for name in ("temperature", "lr", "alpha", "critic_lr", "fedcmoo_lr"):
-            check_positive(name, getattr(self, name))
-        check_positive("beta", self.beta, allow_zero=True)
-        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        check_model_name(self.model)
+        self.check_numbers(integers=("num_clients", "rounds", "local_steps", "batch_size", "max_new_tokens", "lora_r",
+                                     "lora_alpha", "prompts_per_client", "eval_prompts", "fedcmoo_iters"),
+                           positives=("temperature", "lr", "alpha", "critic_lr", "fedcmoo_lr"), non_negatives=("beta",))
         if not 0.0 <= self.pref <= 1.0:
             raise ConfigError(f"pref must be in [0, 1] (the weight of helpfulness in p), got {self.pref}")
 

@@ -85,11 +85,9 @@ class PluralConfig(ValidatedConfig):
         if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
             raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
                               f"or 'hub:<org>/<name>'")
-        for name in ("d_model", "num_layers", "nhead", "dim_feedforward", "rounds", "local_steps",
-                     "central_epochs", "min_questions", "max_questions", "eval_context", "eval_draws"):
-            check_positive(name, getattr(self, name), integer=True)
-        check_positive("lr", self.lr)
-        check_positive("seed", self.seed, integer=True, allow_zero=True)
+        self.check_numbers(integers=("d_model", "num_layers", "nhead", "dim_feedforward", "rounds", "local_steps",
+                                     "central_epochs", "min_questions", "max_questions", "eval_context",
+                                     "eval_draws"), positives=("lr",))
         if self.cosine_tmax is not None:
             check_positive("cosine_tmax", self.cosine_tmax, integer=True)
         if self.emb_depth < 2:

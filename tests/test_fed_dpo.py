@@ -5,7 +5,6 @@ import torch
 from fedalign_lite import fed_dpo
 from fedalign_lite.aggregators import weighted_average
 from fedalign_lite.config import get_preset
-from fedalign_lite.models import get_adapter_state
 
 CFG = get_preset("smoke")
 

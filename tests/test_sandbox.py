@@ -3,7 +3,6 @@ import os
 import socket
 import time
 
-import pytest
 
 from fedalign_lite.sandbox import run_tests
 
