@@ -18,6 +18,12 @@ class Rollout:
     attention_mask: torch.Tensor   # (B, T) 1 on prompt and response tokens (the response up to its EOS)
     completion_mask: torch.Tensor  # (B, T) 1 on response tokens only
     texts: list                    # B decoded responses (special tokens dropped)
+    prompt_width: int              # responses start at this column
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        """(B, T - prompt_width): the completion mask over the response columns only."""
+        return self.completion_mask[:, self.prompt_width:]
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -54,16 +60,22 @@ def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature
     attention = torch.cat([enc["attention_mask"], completion], 1)
     zeros = torch.zeros_like(enc["attention_mask"])
     texts = tok.batch_decode(response * completion + tok.pad_token_id * (1 - completion), skip_special_tokens=True)
-    return Rollout(out, attention, torch.cat([zeros, completion], 1), [t.strip() for t in texts])
+    return Rollout(out, attention, torch.cat([zeros, completion], 1), [t.strip() for t in texts], width)
 
 
 def rollout_logps(model, r: Rollout) -> torch.Tensor:
     """Sum of log pi(response tokens) per row, (B,) in nats."""
-    return (rollout_token_logps(model, r) * r.completion_mask[:, 1:]).sum(-1)
+    return (rollout_token_logps(model, r) * r.response_mask).sum(-1)
 
 
 def rollout_token_logps(model, r: Rollout) -> torch.Tensor:
-    """log pi(token t | tokens < t) for t = 1..T-1, (B, T-1); multiply by ``completion_mask[:, 1:]``."""
+    """log pi(y_t | x, y_<t) for every response column, (B, T - prompt_width); multiply by ``response_mask``.
+
+    Only the response positions go through the LM head (``logits_to_keep``), and the log-softmax is taken
+    at the sampled token only (logit - logsumexp), never materialised over the vocabulary.
+    """
+    keep = r.input_ids.shape[1] - r.prompt_width + 1
     logits = model(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids,
-                   use_cache=False).logits[:, :-1]
-    return torch.gather(logits.float().log_softmax(-1), 2, r.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                   use_cache=False, logits_to_keep=keep).logits[:, :-1].float()
+    targets = r.input_ids[:, r.prompt_width:].unsqueeze(-1)
+    return (torch.gather(logits, 2, targets).squeeze(-1) - torch.logsumexp(logits, -1))

@@ -101,3 +101,19 @@ def test_large_beta_pins_every_client_to_p():
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         F.get_preset("smoke", **{field: value})
+
+
+def test_rollout_logps_equal_an_unpadded_forward():
+    from fedalign_lite.losses import sequence_logps
+
+    policy, tok = load_model("random-tiny", seed=0)
+    torch.manual_seed(0)
+    roll = sample(policy, tok, ["Hi", "Why is the sky blue today?", "Tell me a story."], 8)
+    with torch.no_grad():
+        batched = rollout_logps(policy, roll)
+        for i in range(3):
+            keep = roll.attention_mask[i] == 1
+            ids, comp = roll.input_ids[i][keep][None], roll.completion_mask[i][keep][None]
+            assert batched[i].item() == pytest.approx(sequence_logps(policy, ids, torch.ones_like(ids), comp).item(),
+                                                      abs=1e-4)
+    assert roll.response_mask.shape[1] == roll.input_ids.shape[1] - roll.prompt_width
