@@ -39,6 +39,7 @@ lab: env
 
 bench: env
 	$(BIN)/python benchmarks/dpo_step.py
+	$(BIN)/python benchmarks/grpo_step.py
 
 base-model: env
 	$(BIN)/python -m fedalign_lite.base_model

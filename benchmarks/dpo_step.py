@@ -11,13 +11,12 @@ here (MFU).
 """
 from __future__ import annotations
 
-import json
 import os
-import resource
 import time
 from pathlib import Path
 
 import torch
+from _common import median_after_warmup, step_timer, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STEPS, WARMUP, PAIRS = 12, 3, 8
@@ -56,13 +55,12 @@ def ours_s_per_step(cfg, pairs) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    return sorted(times[WARMUP:])[len(times[WARMUP:]) // 2]
+    return median_after_warmup(times, WARMUP)
 
 
 def trl_s_per_step(cfg, pairs) -> float:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from fedalign_lite.chat import format_prompt
@@ -70,13 +68,6 @@ def trl_s_per_step(cfg, pairs) -> float:
 
     model, tok = load_model(cfg.model)
     times = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
 
     rows = [{"prompt": format_prompt(p["prompt"], tok), "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     args = DPOConfig(output_dir="/tmp/fedalign-bench-trl", per_device_train_batch_size=len(rows),
@@ -86,9 +77,9 @@ def trl_s_per_step(cfg, pairs) -> float:
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                       target_modules=lora_target_modules(model), task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows * (STEPS + WARMUP)),
-                         processing_class=tok, peft_config=lora, callbacks=[Timer()])
+                         processing_class=tok, peft_config=lora, callbacks=[step_timer(times)])
     trainer.train()
-    return sorted(times[WARMUP:])[len(times[WARMUP:]) // 2]
+    return median_after_warmup(times, WARMUP)
 
 
 def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) -> tuple[float, int]:
@@ -124,14 +115,8 @@ def main() -> dict:
     result = {"model": cfg.model, "pairs_per_step": PAIRS, "max_length": cfg.max_length, "lora_r": cfg.lora_r,
               "ours_s_per_step": round(ours, 4), "trl_s_per_step": round(trl, 4), "speedup": round(trl / ours, 3),
               "tokens_per_s": round(tps, 1), "params": n_params, "achieved_gflops": round(achieved, 2),
-              "matmul_gflops": round(gflops, 2), "mfu": round(achieved / gflops, 3),
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "note": "median over steps after warm-up; one process, so ratios are comparable on a noisy host"}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+              "matmul_gflops": round(gflops, 2), "mfu": round(achieved / gflops, 3)}
+    return write_result(OUT, result)
 
 
 if __name__ == "__main__":

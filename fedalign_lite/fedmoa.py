@@ -1,0 +1,358 @@
+"""FedMOA (Wang et al. 2026): federated GRPO with hypergradient-adapted objective weights and task- and
+accuracy-aware aggregation. [RECONSTRUCTION: only the abstract is public; the client follows PAPERS.md 4.2
+and the server 4.3, both proposals.]
+
+    client i (task math or code), objectives m = (primary correctness, format, length), weights w = softmax(s):
+      for k = 1..K:
+        B prompts x G samples from pi_theta; rewards r_{m,j} with the client's own definitions
+        A^(m) = group-normalised advantage of objective m              (a saturated objective gives 0)
+        g_m = grad of the GRPO surrogate with A^(m)                     (LoRA parameters)
+        h_m = cos(g_primary^(k), g_m^(k-1));  s <- s + gamma w (h - <w, h>)    (hypergradient, PAPERS.md 1.7;
+                                                  the cosine instead of the inner product is our choice)
+        theta <- theta + eta sum_m w_m g_m                             (= the GRPO step on sum_m w_m A^(m))
+      upload theta_i, n_i, task
+    server: within each task T, theta_T = sum_{i in T} n_i a_i theta_i / sum n_i a_i, with a_i the accuracy
+      of client i's adapter on a server-held validation set of its task [choice; ``accuracy_source="client"``
+      uses the client's own primary reward on its held-out prompts, PAPERS.md 4.3's reading];
+      global theta_g = sum_T |T|/N theta_T; clients receive their task's model.
+
+Methods: ``fedavg`` (fixed equal weights, FedAvg, one global model), ``hyper_only``, ``agg_only``, ``fedmoa``.
+One update per rollout, so the GRPO ratio is 1 and clipping never binds [choice: PPO-style reuse of a
+rollout would cost more generation than the cpu preset can afford]; the k3 KL to the frozen base is kept.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .aggregators import weighted_average
+from .config import ValidatedConfig, check_model_name
+from .errors import ConfigError, check_choice
+from .federated import ClientUpdate, derive_seed, run_federated
+from .grpo import group_advantages, grpo_loss, hypergradient_step
+from .models import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
+from .parallel import map_processes
+from .rollout import rollout_token_logps, sample
+from .sandbox import run_tests
+from .tasks import arithmetic_problem, code_task, parse_answer
+
+METHODS = ("fedavg", "hyper_only", "agg_only", "fedmoa")
+TASKS = ("math", "code")
+OBJECTIVES = ("primary", "format", "length")
+
+
+@dataclass(frozen=True)
+class MOAConfig(ValidatedConfig):
+    preset: str = "cpu"
+    model: str = "fedalign-base"
+    method: str = "fedmoa"
+    num_clients: int = 8             # half math, half code
+    rounds: int = 3
+    local_steps: int = 3
+    prompts_per_step: int = 2
+    group_size: int = 4              # G samples per prompt
+    max_new_tokens: int = 20
+    temperature: float = 1.0
+    lr: float = 10.0                 # local SGD step on the LoRA; GRPO averages over tokens, so its gradient is
+                                     # ~|o| times smaller than FIRM's summed REINFORCE and eta is larger
+    lora_r: int = 4
+    lora_alpha: int = 8
+    beta_kl: float = 0.04
+    hyper_lr: float = 5.0            # gamma: step on the weight logits per unit of cosine [PROPOSAL: unknown;
+                                     # 5 moves a weight by ~0.1 per step of consistent cosine 0.1]
+    noise: float = 0.3               # probability that a noisy client's primary reward is flipped
+    accuracy_source: str = "server"  # "server" validation set, or the client's own reward on its held-out prompts
+    eval_prompts: int = 8            # per task, for the global and personalized evaluation (greedy)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        check_choice("method", self.method, METHODS)
+        check_choice("accuracy_source", self.accuracy_source, ("server", "client"))
+        check_model_name(self.model)
+        self.check_numbers(integers=("num_clients", "rounds", "local_steps", "prompts_per_step", "group_size",
+                                     "max_new_tokens", "lora_r", "lora_alpha", "eval_prompts"),
+                           positives=("temperature", "lr", "hyper_lr"), non_negatives=("beta_kl",))
+        if self.num_clients < 4 or self.num_clients % 2:
+            raise ConfigError(f"num_clients must be even and >= 4 (half math, half code), got {self.num_clients}")
+        if not 0 <= self.noise < 0.5:
+            raise ConfigError(f"noise must be in [0, 0.5) (a flip probability), got {self.noise}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (GRPO normalises within a group), got {self.group_size}")
+
+    @property
+    def hyper(self) -> bool:
+        return self.method in ("hyper_only", "fedmoa")
+
+    @property
+    def task_aware(self) -> bool:
+        return self.method in ("agg_only", "fedmoa")
+
+
+_PRESETS = {
+    "smoke": dict(model="random-tiny", num_clients=4, rounds=2, local_steps=2, prompts_per_step=1, group_size=2,
+                  max_new_tokens=8, eval_prompts=2),
+    "cpu": {},
+    "gpu": dict(model="smollm2-135m", rounds=20, local_steps=4, prompts_per_step=4, group_size=8, max_new_tokens=96,
+                eval_prompts=64, lora_r=8, lora_alpha=16, lr=0.2),
+}
+
+
+def get_preset(name: str, **overrides) -> MOAConfig:
+    """The validated FedMOA preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
+    check_choice("preset", name, _PRESETS)
+    return MOAConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+
+
+# --------------------------------------------------------------------------------- clients, rewards --
+
+@dataclass(frozen=True)
+class Client:
+    """A client's task and reward definitions (heterogeneous across clients)."""
+
+    task: str
+    format_marker: str      # the format reward: the response must contain this text
+    max_tokens: int         # the length reward: at most this many characters / 4
+    noisy: bool             # primary reward flipped with probability cfg.noise
+
+
+def make_clients(cfg: MOAConfig) -> list[Client]:
+    """Half math, half code; format markers and length budgets differ per client; the first client of
+    each task has a noisy primary reward."""
+    markers = {"math": ["The answer is", "=", "answer", "."], "code": ["return", "def ", ":", "("]}
+    half = cfg.num_clients // 2
+    return [Client(task, markers[task][i % 4], (12, 16, 20, 24)[i % 4], i == 0)
+            for task in TASKS for i in range(half)]
+
+
+def make_task(task: str, rng: random.Random) -> dict:
+    """``{"prompt", "answer" | ("entry_point", "tests")}`` for one math or code problem."""
+    return arithmetic_problem(rng) if task == "math" else code_task(rng)
+
+
+def correctness(task: dict, kind: str, response: str) -> float:
+    """1.0 when the math answer is right or the code passes every test (in the sandbox)."""
+    if kind == "math":
+        value = parse_answer(response)
+        return float(value is not None and abs(value - task["answer"]) < 1e-6)
+    return run_tests(response, task["entry_point"], task["tests"], timeout_s=3.0, cpu_s=1).score
+
+
+def client_rewards(client: Client, task: dict, responses: list[str], rng: np.random.Generator, cfg: MOAConfig):
+    """(N, 3) rewards (primary, format, length) under this client's definitions."""
+    primary = np.array([correctness(task, client.task, r) for r in responses])
+    if client.noisy:
+        flip = rng.random(len(primary)) < cfg.noise
+        primary = np.where(flip, 1.0 - primary, primary)
+    fmt = np.array([float(client.format_marker in r) for r in responses])
+    length = np.array([float(len(r) / 4 <= client.max_tokens) for r in responses])
+    return np.stack([primary, fmt, length], 1)
+
+
+# ---------------------------------------------------------------------------------- the algorithm --
+
+def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng: np.random.Generator,
+                        cfg: MOAConfig):
+    """One GRPO rollout: ((M, d) per-objective gradients of the surrogate, (N, M) rewards)."""
+    tasks = [make_task(client.task, rng_py) for _ in range(cfg.prompts_per_step)]
+    prompts = [t["prompt"] for t in tasks for _ in range(cfg.group_size)]
+    roll = sample(policy, tok, prompts, cfg.max_new_tokens, cfg.temperature)
+    rewards = np.concatenate([client_rewards(client, t, roll.texts[i * cfg.group_size:(i + 1) * cfg.group_size], rng,
+                                             cfg) for i, t in enumerate(tasks)])
+    adv = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), cfg.group_size)     # (N, M)
+    logp = rollout_token_logps(policy, roll)
+    mask = roll.response_mask.float()
+    ref = None
+    if cfg.beta_kl:
+        with torch.no_grad(), policy.disable_adapter():       # the frozen base is the reference
+            ref = rollout_token_logps(policy, roll)
+    params = lora_parameters(policy)
+    grads = []
+    for m in range(adv.shape[1]):
+        # ascent direction of objective m: minus the gradient of its GRPO loss (the KL term rides along with each)
+        loss = grpo_loss(logp, logp.detach(), ref, mask, adv[:, m], beta_kl=cfg.beta_kl)
+        g = torch.autograd.grad(-loss, params, retain_graph=m < adv.shape[1] - 1)
+        grads.append(torch.cat([x.reshape(-1) for x in g]))
+    return torch.stack(grads), rewards
+
+
+def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
+    """FedMOA's client (module docstring). Personal state: the weight logits s (kept across rounds)."""
+
+    def client_update(ctx) -> ClientUpdate:
+        client = clients[ctx.client_id]
+        task_id = TASKS.index(client.task)
+        set_adapter_state(policy, {k[len(f"{client.task}/"):]: v for k, v in ctx.global_state.items()
+                                   if k.startswith(f"{client.task}/")})
+        s = torch.as_tensor(ctx.personal_state.get("logits", [0.0] * len(OBJECTIVES)), dtype=torch.float64)
+        rng_py, rng = random.Random(ctx.seed), np.random.default_rng(ctx.seed)
+        previous = ctx.personal_state.get("previous_grads")    # the last step's g_m, kept across rounds
+        weights, saturation = [], []
+        for _ in range(cfg.local_steps):
+            grads, rewards = objective_gradients(policy, tok, client, rng_py, rng, cfg)
+            if cfg.hyper and previous is not None:
+                # h_m = <g_primary^(k), g_m^(k-1)> as a cosine [choice]: gamma then does not depend on the
+                # gradient scale, which changes by orders of magnitude with the rewards and the model
+                h = torch.nn.functional.cosine_similarity(previous, grads[0].unsqueeze(0), dim=1, eps=1e-12)
+                s = hypergradient_step(s, h.double(), cfg.hyper_lr)
+            w = torch.softmax(s, 0) if cfg.hyper else torch.full((len(OBJECTIVES),), 1.0 / len(OBJECTIVES))
+            apply_lora_step(policy, w.float() @ grads, cfg.lr)
+            previous = grads
+            weights.append(w.numpy())
+            saturation.append((rewards[:, 1:] == 1.0).mean(0))     # share of samples at the auxiliary maximum
+        w_mean, sat = np.mean(weights, 0), np.mean(saturation, 0)
+        metrics = {"client": ctx.client_id, "task": task_id, "w_primary": float(w_mean[0]), "w_format": float(w_mean[1]),
+                   "w_length": float(w_mean[2]), "sat_format": float(sat[0]), "sat_length": float(sat[1])}
+        if cfg.accuracy_source == "client":     # its own (possibly noisy) primary reward on held-out prompts
+            held = [make_task(client.task, random.Random(derive_seed(cfg.seed, ctx.client_id, 55, i)))
+                    for i in range(cfg.eval_prompts)]
+            texts = sample(policy, tok, [t["prompt"] for t in held], cfg.max_new_tokens, greedy=True).texts
+            metrics["val_acc"] = float(np.mean([client_rewards(client, t, [r], rng, cfg)[0, 0]
+                                                for t, r in zip(held, texts)]))
+        upload = {f"{client.task}/{k}": v for k, v in get_adapter_state(policy).items()}
+        personal = {"logits": s.tolist(), **({"previous_grads": previous} if cfg.hyper else {})}
+        return ClientUpdate(upload, cfg.local_steps * cfg.prompts_per_step * cfg.group_size, metrics, personal)
+
+    return client_update
+
+
+def validation_tasks(cfg: MOAConfig, purpose: int) -> dict:
+    """Fixed prompts per task (``purpose`` 0 = server validation, 1 = evaluation), disjoint streams."""
+    rng = random.Random(derive_seed(cfg.seed, 77, purpose))
+    return {t: [make_task(t, rng) for _ in range(cfg.eval_prompts)] for t in TASKS}
+
+
+@torch.no_grad()
+def accuracy(policy, tok, tasks: list[dict], kind: str, cfg: MOAConfig) -> float:
+    """Greedy pass@1 / exact-match accuracy of the current policy on ``tasks``."""
+    texts = sample(policy, tok, [t["prompt"] for t in tasks], cfg.max_new_tokens, greedy=True).texts
+    return float(np.mean([correctness(t, kind, r) for t, r in zip(tasks, texts)]))
+
+
+def make_aggregate(policy, tok, clients: list[Client], cfg: MOAConfig):
+    """Task- and accuracy-aware aggregation (PAPERS.md 4.3 [PROPOSAL]) or FedAvg; logs each client's weight.
+
+    The state is ``{"<task>/<lora key>": tensor}``: both task models (identical under FedAvg). The
+    server state keeps one row of aggregation weights per round (``"agg_weights"``, clients in order).
+    """
+    server_val = validation_tasks(cfg, 0)
+
+    def aggregate(global_state: dict, updates: list, server_state: dict):
+        ids = [int(u.metrics["task"]) for u in updates]
+        lora = [{k.split("/", 1)[1]: v for k, v in u.upload.items()} for u in updates]
+        n = np.array([u.num_samples for u in updates], dtype=np.float64)
+        if cfg.task_aware and cfg.accuracy_source == "client":
+            acc = np.array([u.metrics["val_acc"] for u in updates])
+        elif cfg.task_aware:
+            acc = []
+            for state, t in zip(lora, ids):
+                set_adapter_state(policy, state)
+                acc.append(accuracy(policy, tok, server_val[TASKS[t]], TASKS[t], cfg))
+            acc = np.array(acc)
+        if cfg.task_aware:
+            task_models, weights = {}, np.zeros(len(updates))
+            for t, name in enumerate(TASKS):
+                members = [i for i, x in enumerate(ids) if x == t]
+                w = n[members] * acc[members]
+                w = w if w.sum() > 0 else n[members]          # nobody is right yet: plain FedAvg in the task
+                weights[members] = w / w.sum()
+                task_models[name] = weighted_average([lora[i] for i in members], list(w))
+            new = {f"{name}/{k}": v for name, m in task_models.items() for k, v in m.items()}
+        else:
+            weights = n / n.sum()
+            avg = weighted_average(lora, list(n))
+            new = {f"{name}/{k}": v for name in TASKS for k, v in avg.items()}
+        row = torch.zeros(1, cfg.num_clients, dtype=torch.float64)
+        for weight, u in zip(weights, updates):
+            row[0, int(u.metrics["client"])] = weight
+        previous = server_state.get("agg_weights")
+        return new, {"agg_weights": row if previous is None else torch.cat([previous, row])}
+
+    return aggregate
+
+
+def make_evaluate(policy, tok, cfg: MOAConfig):
+    """Global accuracy (theta_g = mean of the task models on every task) and personalized accuracy
+    (each task's model on its own task), on held-out problems, greedy."""
+    held = validation_tasks(cfg, 1)
+
+    def evaluate(global_state: dict, round_: int, personal_states: dict) -> dict:
+        task_models = {t: {k[len(t) + 1:]: v for k, v in global_state.items() if k.startswith(f"{t}/")} for t in TASKS}
+        row = {}
+        for t in TASKS:
+            set_adapter_state(policy, task_models[t])
+            row[f"personal_acc/{t}"] = accuracy(policy, tok, held[t], t, cfg)
+        set_adapter_state(policy, weighted_average(list(task_models.values()), [1.0] * len(TASKS)))
+        for t in TASKS:
+            row[f"acc/{t}"] = accuracy(policy, tok, held[t], t, cfg)
+        row["acc"] = float(np.mean([row[f"acc/{t}"] for t in TASKS]))
+        row["personal_acc"] = float(np.mean([row[f"personal_acc/{t}"] for t in TASKS]))
+        return row
+
+    return evaluate
+
+
+def run(cfg: MOAConfig, *, run_dir=None, progress: bool = True):
+    """One FedMOA / baseline run; returns (FederatedRun, clients)."""
+    base, tok = load_model(cfg.model, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
+    clients = make_clients(cfg)
+    init = get_adapter_state(policy)
+    result = run_federated(make_client_update(policy, tok, clients, cfg), make_aggregate(policy, tok, clients, cfg),
+                           {f"{t}/{k}": v for t in TASKS for k, v in init.items()}, num_clients=cfg.num_clients,
+                           rounds=cfg.rounds, seed=cfg.seed, evaluate=make_evaluate(policy, tok, cfg), run_dir=run_dir,
+                           fingerprint=cfg.fingerprint(), progress=progress)
+    return result, clients
+
+
+# ---------------------------------------------------------------------------------- experiment --
+
+def _run_method(cfg: MOAConfig) -> dict:
+    result, clients = run(cfg, progress=False)
+    return {"history": result.history, "client_log": result.client_log,
+            "agg_weights": result.server_state["agg_weights"].numpy(), "noisy": [c.noisy for c in clients]}
+
+
+def run_experiment(cfg: MOAConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
+    """``{method: [result per seed]}`` for the four methods, spread over ``workers`` processes."""
+    jobs = [(m, s) for s in seeds for m in METHODS]
+    results = map_processes(_run_method, [cfg.replace(method=m, seed=s) for m, s in jobs], workers, "runs", progress)
+    out = {}
+    for (m, _), res in zip(jobs, results):
+        out.setdefault(m, []).append(res)
+    return out
+
+
+def client_series(result: dict, key: str) -> np.ndarray:
+    """(rounds, clients) of a client metric (e.g. ``w_primary``, ``sat_format``)."""
+    log = [x for x in result["client_log"] if x["status"] == "ok"]
+    out = np.full((max(x["round"] for x in log), max(x["client"] for x in log) + 1), np.nan)
+    for x in log:
+        out[x["round"] - 1, x["client"]] = x[f"client_{key}"]
+    return out
+
+
+def metrics_table(results: dict) -> dict:
+    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
+    from scipy.stats import pearsonr
+
+    from .metrics import mean_std
+
+    final = lambda m, k: mean_std([r["history"][-1][k] for r in results[m]])  # noqa: E731
+    table = {f"acc_{m}": final(m, "acc") for m in METHODS}
+    table.update({f"personal_acc_{m}": final(m, "personal_acc") for m in METHODS})
+    hyper = results["fedmoa"]
+    w = [np.nanmean(client_series(r, "w_primary"), 1) for r in hyper]
+    sat = [np.nanmean((client_series(r, "sat_format") + client_series(r, "sat_length")) / 2, 1) for r in hyper]
+    table["w_primary_start"] = mean_std([x[0] for x in w])
+    table["w_primary_end"] = mean_std([x[-1] for x in w])
+    corr = [pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan") for a, b in zip(w, sat)]
+    table["corr_w_primary_saturation"] = mean_std([c for c in corr if c == c] or [float("nan")])
+    noisy = lambda r: np.array(r["noisy"])  # noqa: E731
+    table["agg_weight_noisy"] = mean_std([r["agg_weights"][:, noisy(r)].mean() for r in hyper])
+    table["agg_weight_clean"] = mean_std([r["agg_weights"][:, ~noisy(r)].mean() for r in hyper])
+    return table

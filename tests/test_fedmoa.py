@@ -1,0 +1,91 @@
+"""FedMOA: reward definitions, the task- and accuracy-aware aggregation weights by hand, and the runs' bookkeeping."""
+import numpy as np
+import pytest
+import torch
+
+from fedalign_lite import fedmoa as F
+from fedalign_lite.errors import ConfigError
+from fedalign_lite.federated import ClientUpdate
+
+CFG = F.get_preset("smoke")
+
+
+def test_clients_are_heterogeneous_with_one_noisy_client_per_task():
+    clients = F.make_clients(F.get_preset("cpu"))
+    assert [c.task for c in clients] == ["math"] * 4 + ["code"] * 4
+    assert [c.noisy for c in clients] == [True, False, False, False] * 2
+    assert len({(c.format_marker, c.max_tokens) for c in clients}) == 8
+
+
+def test_rewards_by_hand():
+    client = F.Client("math", "The answer is", 6, noisy=False)
+    task = {"prompt": "What is 2 plus 3?", "answer": 5}
+    r = F.client_rewards(client, task, ["2 + 3 = 5. The answer is 5.", "It is 6", ""], np.random.default_rng(0), CFG)
+    assert r.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    code = F.Client("code", "return", 40, noisy=False)
+    task = {"prompt": "", "entry_point": "f", "tests": [(1, 2), (2, 4)]}
+    r = F.client_rewards(code, task, ["def f(x):\n    return 2 * x", "def f(x):\n    return x"], np.random.default_rng(0), CFG)
+    assert r[:, 0].tolist() == [1.0, 0.0] and r[:, 1].tolist() == [1.0, 1.0]
+
+
+def test_noisy_primary_reward_flips_at_the_configured_rate():
+    client = F.Client("math", "=", 40, noisy=True)
+    task = {"prompt": "", "answer": 5}
+    r = F.client_rewards(client, task, ["The answer is 5."] * 4000, np.random.default_rng(0), CFG.replace(noise=0.3))
+    assert 1 - r[:, 0].mean() == pytest.approx(0.3, abs=0.03)
+
+
+def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
+    cfg = CFG.replace(method="fedmoa")
+    clients = F.make_clients(cfg)                       # 2 math, 2 code
+    accs = {0: 0.0, 1: 0.5, 2: 0.25, 3: 0.75}
+    monkeypatch.setattr(F, "set_adapter_state", lambda policy, state: policy.__setitem__("cid", int(state["w"].item())))
+    monkeypatch.setattr(F, "accuracy", lambda policy, tok, tasks, kind, cfg: accs[policy["cid"]])
+    aggregate = F.make_aggregate({}, None, clients, cfg)
+    updates = [ClientUpdate({f"{c.task}/w": torch.tensor([float(i)])}, n, {"client": i, "task": F.TASKS.index(c.task)})
+               for i, (c, n) in enumerate(zip(clients, [10, 10, 10, 30]))]
+    new, state = aggregate({}, updates, {})
+    # math: client 0 has accuracy 0 -> all weight on client 1; code: n*a = 2.5 vs 22.5 -> 0.1 / 0.9
+    assert state["agg_weights"][0].tolist() == pytest.approx([0.0, 1.0, 0.1, 0.9])
+    assert new["math/w"].item() == pytest.approx(1.0) and new["code/w"].item() == pytest.approx(0.1 * 2 + 0.9 * 3)
+    own = F.make_aggregate({}, None, clients, cfg.replace(accuracy_source="client"))
+    for u, a in zip(updates, [0.5, 0.5, 1.0, 0.0]):       # the clients' own (possibly noisy) accuracies
+        u.metrics["val_acc"] = a
+    _, state = own({}, updates, {})
+    assert state["agg_weights"][0].tolist() == pytest.approx([0.5, 0.5, 1.0, 0.0])
+    fedavg = F.make_aggregate({}, None, clients, cfg.replace(method="fedavg"))
+    new, state = fedavg({}, updates, {})
+    assert state["agg_weights"][0].tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    assert new["math/w"].item() == new["code/w"].item() == pytest.approx((0 + 1 + 2 + 3 * 3) / 6)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {m: F.run(CFG.replace(method=m), progress=False)[0] for m in ("fedavg", "fedmoa")}
+
+
+def test_runs_log_weights_saturation_and_aggregation(runs):
+    for run in runs.values():
+        assert run.server_state["agg_weights"].shape == (CFG.rounds, CFG.num_clients)
+        assert {"acc", "personal_acc", "acc/math", "acc/code"} <= set(run.history[-1])
+    assert [x["client_w_primary"] for x in runs["fedavg"].client_log] == pytest.approx([1 / 3] * len(runs["fedavg"].client_log))
+    assert all(len(ps["logits"]) == 3 for ps in runs["fedmoa"].personal_states.values())
+
+
+def test_upload_is_the_task_adapter_plus_scalars(runs):
+    run = runs["fedmoa"]
+    per_task = sum(v.numel() * v.element_size() for k, v in run.global_state.items() if k.startswith("math/"))
+    scalars = 8 * (1 + 7)                               # n_i; client, task, 3 weights, 2 saturations
+    assert run.history[1]["bytes_up"] == CFG.num_clients * (per_task + scalars)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "fedprox", "method='fedprox' is not allowed"),
+    ("num_clients", 5, "num_clients must be even"),
+    ("noise", 0.6, "noise must be in"),
+    ("group_size", 1, "group_size must be >= 2"),
+    ("accuracy_source", "oracle", "accuracy_source='oracle' is not allowed"),
+])
+def test_bad_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        F.get_preset("smoke", **{field: value})
