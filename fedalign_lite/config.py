@@ -34,6 +34,12 @@ def check_model_name(model: str) -> None:
 class ValidatedConfig:
     """What every frozen config dataclass shares: validated copies, a dict view and a fingerprint."""
 
+    @classmethod
+    def from_preset(cls, name: str, presets: dict, **overrides):
+        """The validated config of preset ``name`` (a key of ``presets``) with ``overrides`` applied."""
+        check_choice("preset", name, presets)
+        return cls(preset=name, **presets[name]).replace(**overrides)
+
     def check_numbers(self, *, integers=(), positives=(), non_negatives=()) -> None:
         """ConfigError unless the named fields are positive integers, positive numbers, numbers >= 0;
         ``seed`` must be an integer >= 0."""
@@ -117,5 +123,4 @@ _PRESETS = {
 
 def get_preset(name: str, **overrides) -> FedConfig:
     """The validated preset ``name`` with ``overrides`` applied, e.g. ``get_preset("cpu", rounds=3)``."""
-    check_choice("preset", name, PRESETS)
-    return FedConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+    return FedConfig.from_preset(name, _PRESETS, **overrides)

@@ -69,6 +69,16 @@ class FederatedRun:
         return pd.DataFrame(self.history).set_index("round")
 
 
+def client_metric(client_log: list, key: str) -> np.ndarray:
+    """(rounds, clients) array of the client metric ``key`` (as sent, without the ``client_`` prefix)
+    from a run's ``client_log``; NaN where a client was not sampled or failed."""
+    log = [x for x in client_log if x["status"] == "ok"]
+    out = np.full((max(x["round"] for x in log), max(x["client"] for x in log) + 1), np.nan)
+    for x in log:
+        out[x["round"] - 1, x["client"]] = x[f"client_{key}"]
+    return out
+
+
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed that depends on every part (SeedSequence hashing, so nearby inputs decorrelate)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)

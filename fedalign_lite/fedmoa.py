@@ -31,7 +31,7 @@ import torch
 from .aggregators import weighted_average
 from .config import ValidatedConfig, check_model_name
 from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, derive_seed, run_federated
+from .federated import ClientUpdate, client_metric, derive_seed, run_federated
 from .grpo import group_advantages, grpo_loss, hypergradient_step
 from .models import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
 from .parallel import map_processes
@@ -103,8 +103,7 @@ _PRESETS = {
 
 def get_preset(name: str, **overrides) -> MOAConfig:
     """The validated FedMOA preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
-    check_choice("preset", name, _PRESETS)
-    return MOAConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+    return MOAConfig.from_preset(name, _PRESETS, **overrides)
 
 
 # --------------------------------------------------------------------------------- clients, rewards --
@@ -329,11 +328,7 @@ def run_experiment(cfg: MOAConfig, seeds: list[int], workers: int = 2, progress:
 
 def client_series(result: dict, key: str) -> np.ndarray:
     """(rounds, clients) of a client metric (e.g. ``w_primary``, ``sat_format``)."""
-    log = [x for x in result["client_log"] if x["status"] == "ok"]
-    out = np.full((max(x["round"] for x in log), max(x["client"] for x in log) + 1), np.nan)
-    for x in log:
-        out[x["round"] - 1, x["client"]] = x[f"client_{key}"]
-    return out
+    return client_metric(result["client_log"], key)
 
 
 def metrics_table(results: dict) -> dict:

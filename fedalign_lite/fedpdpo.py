@@ -108,8 +108,7 @@ _PRESETS = {
 
 def get_preset(name: str, **overrides) -> PDPOConfig:
     """The validated FedPDPO preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
-    check_choice("preset", name, _PRESETS)
-    return PDPOConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+    return PDPOConfig.from_preset(name, _PRESETS, **overrides)
 
 
 # ------------------------------------------------------------------------------------------ data --

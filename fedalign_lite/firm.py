@@ -29,7 +29,7 @@ from .aggregators import aggregate_fedavg
 from .assets import asdiv, harmful_prompts, rotten_tomatoes, truthfulqa
 from .config import ValidatedConfig, check_model_name
 from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, derive_seed, run_federated, seed_everything
+from .federated import ClientUpdate, client_metric, derive_seed, run_federated, seed_everything
 from .metrics import cosine_disagreement, lambda_dispersion, update_dispersion
 from .mgda import fedcmoo_find_weights, mgda_weights
 from .parallel import map_processes
@@ -95,8 +95,7 @@ _PRESETS = {
 
 def get_preset(name: str, **overrides) -> FIRMConfig:
     """The validated FIRM preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
-    check_choice("preset", name, _PRESETS)
-    return FIRMConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+    return FIRMConfig.from_preset(name, _PRESETS, **overrides)
 
 
 # ------------------------------------------------------------------------------------------ data --
@@ -305,12 +304,7 @@ def run_experiment(cfg: FIRMConfig, seeds: list[int], workers: int = 2, progress
 
 def lambdas(result: dict) -> np.ndarray:
     """(rounds, clients) helpfulness weight of each client, mean over its local steps."""
-    log = [x for x in result["client_log"] if x["status"] == "ok"]
-    rounds, clients = max(x["round"] for x in log), max(x["client"] for x in log) + 1
-    out = np.full((rounds, clients), np.nan)
-    for x in log:
-        out[x["round"] - 1, x["client"]] = x["client_lambda_help"]
-    return out
+    return client_metric(result["client_log"], "lambda_help")
 
 
 def metrics_table(results: dict, cfg: FIRMConfig) -> dict:

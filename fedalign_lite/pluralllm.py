@@ -110,8 +110,7 @@ _PRESETS = {
 
 def get_preset(name: str, **overrides) -> PluralConfig:
     """The validated PluralLLM preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
-    check_choice("preset", name, _PRESETS)
-    return PluralConfig(preset=name, **_PRESETS[name]).replace(**overrides)
+    return PluralConfig.from_preset(name, _PRESETS, **overrides)
 
 
 # ------------------------------------------------------------------------------------------ data --
