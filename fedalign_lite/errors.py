@@ -30,6 +30,10 @@ class AllClientsFailedError(FedAlignError, RuntimeError):
     """Every sampled client of a round raised or returned non-finite values."""
 
 
+class PayloadError(FedAlignError, ValueError):
+    """A client's message does not have the keys, shapes, dtypes or values the algorithm expects."""
+
+
 def check_choice(field: str, value, allowed) -> None:
     """Raise ConfigError unless ``value`` is one of ``allowed``."""
     allowed = list(allowed)

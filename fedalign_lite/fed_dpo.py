@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .aggregators import proximal_term
-from .federated import ClientUpdate, derive_seed
+from .federated import ClientUpdate, Federation, derive_seed
 from .losses import dpo_loss, reward_accuracy, sequence_logps
 from .models import get_adapter_state, set_adapter_state
 from .preference import collate
@@ -145,13 +145,10 @@ def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
     return parts
 
 
-def run(cfg, *, run_dir=None, persistent_optimizer: bool = False, progress: bool = True, model_and_tok=None):
-    """Federated DPO of ``cfg.model`` + LoRA on Rotten Tomatoes review pairs.
-
-    Returns ``(FederatedRun, model, tokenizer, parts)``; the model holds the final global adapter.
-    """
+def federation(cfg, *, persistent_optimizer: bool = False, model_and_tok=None) -> Federation:
+    """Federated DPO of ``cfg.model`` + LoRA on Rotten Tomatoes review pairs, as a
+    :class:`~fedalign_lite.federated.Federation`; artifacts: model, tokenizer, client index lists."""
     from .aggregators import make_aggregator
-    from .federated import run_federated
     from .models import add_lora, load_model
     from .preference import review_pairs, tokenize_pair
 
@@ -164,12 +161,22 @@ def run(cfg, *, run_dir=None, persistent_optimizer: bool = False, progress: bool
     tokenized = [[tokenize_pair(tok, train[i]) for i in part] for part in parts]
     hyper = {"fedavgm": dict(lr=cfg.server_lr, momentum=cfg.server_momentum),
              "fedadam": dict(lr=cfg.server_lr, momentum=cfg.server_momentum)}.get(cfg.aggregator, {})
-    result = run_federated(
+    return Federation(
         make_client_update(model, tokenized, tok.pad_token_id, cfg, persistent_optimizer),
         make_aggregator(cfg.aggregator, **hyper), get_adapter_state(model),
         num_clients=cfg.num_clients, clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, seed=cfg.seed,
         evaluate=make_evaluate(model, [tokenize_pair(tok, p) for p in held], tok.pad_token_id, cfg),
-        run_dir=run_dir, fingerprint=cfg.fingerprint() + ("-persist" if persistent_optimizer else ""),
-        progress=progress)
+        fingerprint=cfg.fingerprint() + ("-persist" if persistent_optimizer else ""),
+        artifacts={"model": model, "tokenizer": tok, "parts": parts})
+
+
+def run(cfg, *, run_dir=None, persistent_optimizer: bool = False, progress: bool = True, model_and_tok=None):
+    """Federated DPO (:func:`federation`) in this process.
+
+    Returns ``(FederatedRun, model, tokenizer, parts)``; the model holds the final global adapter.
+    """
+    fed = federation(cfg, persistent_optimizer=persistent_optimizer, model_and_tok=model_and_tok)
+    result = fed.run(run_dir=run_dir, progress=progress)
+    model = fed.artifacts["model"]
     set_adapter_state(model, result.global_state)
-    return result, model, tok, parts
+    return result, model, fed.artifacts["tokenizer"], fed.artifacts["parts"]

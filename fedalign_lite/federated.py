@@ -5,11 +5,18 @@ An algorithm supplies two functions:
 * ``client_update(ctx: ClientContext) -> ClientUpdate`` -- local training on client ``ctx.client_id``
   starting from ``ctx.global_state``, with its persistent ``ctx.personal_state``;
 * ``aggregate(global_state, updates, server_state) -> (global_state, server_state)``
-  (see :mod:`fedalign_lite.aggregators`).
+  (see :mod:`fedalign_lite.aggregators`);
+
+and, for two-phase algorithms (FedCMOO-A), a client ``phase1(ctx) -> {name: tensor}`` uploaded before
+training and a server ``combine_phase1(round, {client: payload}, server_state) -> (broadcast,
+server_state)`` whose ``broadcast`` reaches every client as ``ctx.broadcast``. A :class:`Federation`
+bundles them; the same bundle runs in this process (:func:`run_federated`) or on Flower
+(:mod:`fedalign_lite.flower`), where only the transport of messages differs.
 
 Per round: sample clients (seeded by (seed, round)); for each, seed every RNG from
 (seed, round, client) and call ``client_update`` on private copies; drop clients that raise or
-upload non-finite values (logged); aggregate the rest; evaluate; checkpoint atomically. A run
+send payloads that fail validation (wrong keys, shapes or dtypes, non-finite values; logged);
+aggregate the rest; evaluate; checkpoint atomically. A run
 restarted with the same ``run_dir`` resumes after the last finished round and ends with the same
 metrics as an uninterrupted run, because every random draw is a function of (seed, round, client)
 and everything else lives in the checkpoint.
@@ -31,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import AllClientsFailedError, CheckpointError, check_positive
+from .errors import AllClientsFailedError, CheckpointError, PayloadError, check_positive
 
 SCALAR_BYTES = 8   # a metric or a sample count crosses the network as one float64/int64
 
@@ -43,6 +50,8 @@ class ClientContext:
     seed: int                   # derived from (run seed, round, client); every RNG is already seeded with it
     global_state: dict          # private clone of the broadcast {name: tensor}
     personal_state: dict        # private copy of this client's persistent state (never uploaded)
+    broadcast: dict = field(default_factory=dict)   # the server's combine_phase1 result this round
+    phase1: dict = field(default_factory=dict)      # this client's own phase-1 upload this round
 
 
 @dataclass
@@ -106,16 +115,123 @@ def sample_clients(num_clients: int, clients_per_round: int, seed: int, round_: 
     return sorted(rng.choice(num_clients, clients_per_round, replace=False).tolist())
 
 
-def _is_finite(update: ClientUpdate) -> bool:
-    tensors_ok = all(torch.isfinite(t).all() for t in update.upload.values() if torch.is_floating_point(t))
-    return tensors_ok and all(math.isfinite(float(v)) for v in update.metrics.values())
+def check_upload(update: ClientUpdate, global_state: dict) -> None:
+    """PayloadError unless every uploaded tensor has a key, shape and dtype of ``global_state``, every
+    float is finite, and the sample count and metrics are finite numbers (count > 0)."""
+    for key, t in update.upload.items():
+        ref = global_state.get(key)
+        if ref is None:
+            raise PayloadError(f"upload key {key!r} is not a key of the global state "
+                               f"(e.g. {sorted(global_state)[:3]})")
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise PayloadError(f"upload {key!r} is {t.dtype} {tuple(t.shape)}; the global state has "
+                               f"{ref.dtype} {tuple(ref.shape)}")
+    check_tensors("upload", update.upload)
+    if not (isinstance(update.num_samples, (int, np.integer)) and update.num_samples > 0):
+        raise PayloadError(f"num_samples must be an integer > 0, got {update.num_samples!r}")
+    for key, v in update.metrics.items():
+        if not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
+            raise PayloadError(f"metric {key!r} must be a finite number, got {v!r}")
 
 
-def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggregate: Callable,
+def check_tensors(what: str, tensors: dict) -> None:
+    """PayloadError unless ``tensors`` is ``{str: tensor}`` with finite floats."""
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise PayloadError(f"{what} {key!r} must be a tensor, got {type(t).__name__}")
+        if torch.is_floating_point(t) and not torch.isfinite(t).all():
+            raise PayloadError(f"{what} {key!r} contains NaN or inf")
+
+
+@dataclass
+class Federation:
+    """One algorithm run, as the round loop needs it: built once per process by an algorithm's
+    ``federation(cfg)``, run in process by :meth:`run` or on Flower by :mod:`fedalign_lite.flower`.
+
+    ``check_update(update)`` and ``check_phase1(payload)`` add the algorithm's own checks (raise
+    :class:`PayloadError`) to :func:`check_upload`; ``artifacts`` holds what callers inspect after
+    a run (model, tokenizer, data), never sent anywhere.
+    """
+    client_update: Callable[[ClientContext], ClientUpdate]
+    aggregate: Callable
+    global_state: dict
+    num_clients: int
+    rounds: int
+    seed: int = 0
+    clients_per_round: int | None = None
+    evaluate: Callable[[dict, int, dict], dict] | None = None
+    personal_states: dict | None = None
+    fingerprint: str = ""
+    phase1: Callable[[ClientContext], dict] | None = None
+    combine_phase1: Callable | None = None
+    check_update: Callable[[ClientUpdate], None] | None = None
+    check_phase1: Callable[[dict], None] | None = None
+    evaluate_needs_personal: bool = False   # evaluate reads personal states (they never leave Flower clients)
+    artifacts: dict = field(default_factory=dict)
+
+    def loop_arguments(self) -> dict:
+        """Keyword arguments of :func:`run_federated` (everything but ``artifacts``)."""
+        return {k: getattr(self, k) for k in ("client_update", "aggregate", "global_state", "num_clients", "rounds",
+                                              "seed", "clients_per_round", "evaluate", "personal_states",
+                                              "fingerprint", "phase1", "combine_phase1", "check_update",
+                                              "check_phase1")}
+
+    def run(self, *, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> FederatedRun:
+        """All rounds in this process (:func:`run_federated`)."""
+        return run_federated(**self.loop_arguments(), run_dir=run_dir, resume=resume, progress=progress)
+
+
+class InProcessClients:
+    """The transport of :func:`run_federated` when clients run in this process: each call seeds every
+    RNG from (seed, round, client[, 1 for phase 1]) and works on private copies of the states."""
+
+    def __init__(self, client_update: Callable, phase1: Callable | None, seed: int, progress: bool):
+        self.client_update, self.phase1_fn, self.seed, self.progress = client_update, phase1, seed, progress
+        self.own_phase1: dict = {}
+
+    def _each(self, round_: int, sampled: list[int], desc: str, call: Callable) -> list:
+        out = []
+        for cid in tqdm(sampled, desc=f"round {round_} {desc}", leave=False, disable=not self.progress):
+            try:
+                out.append((cid, call(cid)))
+            except Exception as e:  # noqa: BLE001 -- a failing client must not stop the federation
+                out.append((cid, e))
+        return out
+
+    def phase1(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict) -> list:
+        def call(cid):
+            s = derive_seed(self.seed, round_, cid, 1)
+            seed_everything(s)
+            payload = self.phase1_fn(ClientContext(cid, round_, s, clone_state(global_state),
+                                                   copy.deepcopy(personal_states[cid])))
+            self.own_phase1[cid] = payload       # a client keeps what it sent (FedCMOO-A's first step)
+            return payload
+        self.own_phase1 = {}
+        return self._each(round_, sampled, "phase 1", call)
+
+    def train(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict,
+              broadcast: dict) -> list:
+        def call(cid):
+            s = derive_seed(self.seed, round_, cid)
+            seed_everything(s)
+            return self.client_update(ClientContext(cid, round_, s, clone_state(global_state),
+                                                    copy.deepcopy(personal_states[cid]), copy.deepcopy(broadcast),
+                                                    self.own_phase1.get(cid, {})))
+        return self._each(round_, sampled, "clients", call)
+
+
+def _failed(row: dict, round_: int, error: Exception) -> dict:
+    warnings.warn(f"round {round_}: client {row['client']} left out of aggregation: {type(error).__name__}: {error}")
+    return {**row, "status": f"failed: {type(error).__name__}: {error}", "bytes_up": row.get("bytes_up", 0)}
+
+
+def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None, aggregate: Callable,
                   global_state: dict, *, num_clients: int, rounds: int, clients_per_round: int | None = None,
                   seed: int = 0, evaluate: Callable[[dict, int, dict], dict] | None = None,
                   personal_states: dict | None = None, run_dir: str | Path | None = None, resume: bool = True,
-                  fingerprint: str = "", progress: bool = True) -> FederatedRun:
+                  fingerprint: str = "", progress: bool = True, phase1: Callable | None = None,
+                  combine_phase1: Callable | None = None, check_update: Callable | None = None,
+                  check_phase1: Callable | None = None, transport=None) -> FederatedRun:
     """Run ``rounds`` rounds and return the final state and the metrics.
 
     Args:
@@ -126,11 +242,20 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggreg
         personal_states: initial ``{client_id: dict}``; missing clients start with ``{}``.
         run_dir: where ``checkpoint.safetensors`` and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
         fingerprint: config hash stored in the checkpoint; resuming under another one is refused.
+        phase1, combine_phase1: the optional first phase of a round (module docstring).
+        check_update, check_phase1: the algorithm's own payload checks, run on arrival after
+            :func:`check_upload` / :func:`check_tensors`; a payload that fails drops its client.
+        transport: who runs the clients: ``None`` runs ``client_update`` here (:class:`InProcessClients`);
+            :class:`fedalign_lite.flower.FlowerClients` sends them Flower messages (personal states
+            then stay on the clients, so ``evaluate`` sees ``{}``).
     """
     check_positive("num_clients", num_clients, integer=True)
     check_positive("rounds", rounds, integer=True)
     clients_per_round = clients_per_round or num_clients
     check_positive("clients_per_round", clients_per_round, integer=True)
+    if (phase1 is None) != (combine_phase1 is None):
+        raise ValueError("phase1 and combine_phase1 come together: give both or neither")
+    transport = transport or InProcessClients(client_update, phase1, seed, progress)
     state = {"round": 0, "global_state": clone_state(global_state), "server_state": {},
              "personal_states": {k: personal_states.get(k, {}) if personal_states else {} for k in range(num_clients)},
              "history": [], "client_log": [], "fingerprint": fingerprint, "seed": seed}
@@ -152,25 +277,46 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate], aggreg
         t0 = time.perf_counter()
         sampled = sample_clients(num_clients, clients_per_round, seed, r)
         down = state_nbytes(state["global_state"])
-        ok, rows = [], []
-        for cid in tqdm(sampled, desc=f"round {r} clients", leave=False, disable=not progress):
-            s = derive_seed(seed, r, cid)
-            seed_everything(s)
-            ctx = ClientContext(cid, r, s, clone_state(state["global_state"]),
-                                copy.deepcopy(state["personal_states"][cid]))
-            row = {"round": r, "client": cid, "bytes_down": down}
+        rows = {cid: {"round": r, "client": cid, "bytes_down": down, "bytes_up": 0} for cid in sampled}
+        failed: dict = {}
+        broadcast = {}
+        if phase1 is not None:
+            payloads = {}
+            for cid, payload in transport.phase1(r, sampled, state["global_state"], state["personal_states"]):
+                try:
+                    if isinstance(payload, Exception):
+                        raise payload
+                    check_tensors("phase-1 upload", payload)
+                    if check_phase1 is not None:
+                        check_phase1(payload)
+                except Exception as e:  # noqa: BLE001
+                    failed[cid] = e
+                    continue
+                rows[cid]["bytes_up"] += state_nbytes(payload)
+                payloads[cid] = payload
+            if not payloads:
+                raise AllClientsFailedError(f"round {r}: all {len(sampled)} sampled clients failed phase 1: "
+                                            + "; ".join(f"client {c}: {e}" for c, e in failed.items()))
+            broadcast, state["server_state"] = combine_phase1(r, payloads, state["server_state"])
+        ok = []
+        live = [c for c in sampled if c not in failed]
+        for cid, upd in transport.train(r, live, state["global_state"], state["personal_states"], broadcast):
             try:
-                upd = client_update(ctx)
-                if not _is_finite(upd):
-                    raise FloatingPointError("upload or metrics contain NaN/inf")
-            except Exception as e:  # a failing client must not stop the federation
-                warnings.warn(f"round {r}: client {cid} left out of aggregation: {type(e).__name__}: {e}")
-                rows.append({**row, "status": f"failed: {type(e).__name__}: {e}", "bytes_up": 0})
+                if isinstance(upd, Exception):
+                    raise upd
+                check_upload(upd, state["global_state"])
+                if check_update is not None:
+                    check_update(upd)
+            except Exception as e:  # noqa: BLE001
+                failed[cid] = e
                 continue
-            rows.append({**row, "status": "ok", "num_samples": upd.num_samples,
-                         "bytes_up": state_nbytes(upd.upload) + SCALAR_BYTES * (1 + len(upd.metrics)),
-                         **{f"client_{k}": float(v) for k, v in upd.metrics.items()}})
+            rows[cid].update(status="ok", num_samples=int(upd.num_samples),
+                             **{f"client_{k}": float(v) for k, v in upd.metrics.items()})
+            rows[cid]["bytes_up"] += state_nbytes(upd.upload) + SCALAR_BYTES * (1 + len(upd.metrics))
             ok.append((cid, upd))
+        for cid, e in failed.items():
+            rows[cid] = _failed(rows[cid], r, e)
+        rows = [rows[c] for c in sampled]
         if not ok:
             raise AllClientsFailedError(f"round {r}: all {len(sampled)} sampled clients failed: "
                                         + "; ".join(f"client {x['client']}: {x['status']}" for x in rows))

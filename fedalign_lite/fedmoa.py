@@ -31,7 +31,7 @@ import torch
 from .aggregators import weighted_average
 from .config import ValidatedConfig, check_model_name
 from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, client_metric, derive_seed, run_federated
+from .federated import ClientUpdate, Federation, client_metric, derive_seed
 from .grpo import group_advantages, grpo_loss, hypergradient_step
 from .models import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
 from .parallel import map_processes
@@ -294,18 +294,48 @@ def make_evaluate(policy, tok, cfg: MOAConfig):
     return evaluate
 
 
-def run(cfg: MOAConfig, *, run_dir=None, progress: bool = True):
-    """One FedMOA / baseline run; returns (FederatedRun, clients)."""
+def make_check_update(clients: list[Client], global_state: dict, cfg: MOAConfig):
+    """FedMOA's checks on arrival: the sender's id and task agree with the client table, the adapter is
+    exactly that task's, and a client-reported accuracy lies in [0, 1]."""
+    from .errors import PayloadError
+
+    def check_update(update: ClientUpdate) -> None:
+        cid = update.metrics.get("client")
+        if cid is None or cid != int(cid) or not 0 <= cid < len(clients):
+            raise PayloadError(f"metric 'client' must be a client id in [0, {len(clients)}), got {cid!r}")
+        task = clients[int(cid)].task
+        if update.metrics.get("task") != TASKS.index(task):
+            raise PayloadError(f"metric 'task' of client {int(cid)} must be {TASKS.index(task)} ({task}), "
+                               f"got {update.metrics.get('task')!r}")
+        expected = sorted(k for k in global_state if k.startswith(f"{task}/"))
+        if sorted(update.upload) != expected:
+            raise PayloadError(f"client {int(cid)} must upload exactly its task's adapter ({len(expected)} "
+                               f"'{task}/...' tensors), got {sorted(update.upload)[:3]}...")
+        if cfg.accuracy_source == "client" and not 0.0 <= update.metrics.get("val_acc", -1.0) <= 1.0:
+            raise PayloadError(f"metric 'val_acc' (accuracy_source='client') must be in [0, 1], "
+                               f"got {update.metrics.get('val_acc')!r}")
+
+    return check_update
+
+
+def federation(cfg: MOAConfig) -> Federation:
+    """One FedMOA / baseline run as a :class:`~fedalign_lite.federated.Federation`; artifacts: the clients."""
     base, tok = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     clients = make_clients(cfg)
     init = get_adapter_state(policy)
-    result = run_federated(make_client_update(policy, tok, clients, cfg), make_aggregate(policy, tok, clients, cfg),
-                           {f"{t}/{k}": v for t in TASKS for k, v in init.items()}, num_clients=cfg.num_clients,
-                           rounds=cfg.rounds, seed=cfg.seed, evaluate=make_evaluate(policy, tok, cfg), run_dir=run_dir,
-                           fingerprint=cfg.fingerprint(), progress=progress)
-    return result, clients
+    global_state = {f"{t}/{k}": v for t in TASKS for k, v in init.items()}
+    return Federation(make_client_update(policy, tok, clients, cfg), make_aggregate(policy, tok, clients, cfg),
+                      global_state, num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
+                      evaluate=make_evaluate(policy, tok, cfg), fingerprint=cfg.fingerprint(),
+                      check_update=make_check_update(clients, global_state, cfg), artifacts={"clients": clients})
+
+
+def run(cfg: MOAConfig, *, run_dir=None, progress: bool = True):
+    """One FedMOA / baseline run in this process; returns (FederatedRun, clients)."""
+    fed = federation(cfg)
+    return fed.run(run_dir=run_dir, progress=progress), fed.artifacts["clients"]
 
 
 # ---------------------------------------------------------------------------------- experiment --

@@ -36,7 +36,7 @@ from .aggregators import aggregate_fedavg
 from .config import ValidatedConfig, check_model_name
 from .errors import ConfigError, check_choice
 from .fed_dpo import batch_indices, pair_group, reference_logps
-from .federated import ClientUpdate, derive_seed, run_federated
+from .federated import ClientUpdate, Federation, derive_seed
 from .losses import completion_logps, dpo_loss, reward_accuracy
 from .models import add_lora, get_adapter_state, load_model, set_adapter_state
 from .partition import partition_dirichlet, partition_iid
@@ -377,18 +377,26 @@ def make_evaluate(model: PersonalizedLM, held: list[list[dict]], pad_id: int, cf
     return evaluate
 
 
-def run(cfg: PDPOConfig, method: str, setting: str, *, run_dir=None, progress: bool = True):
-    """One method in one setting; returns (FederatedRun, client descriptions)."""
+def federation(cfg: PDPOConfig, method: str, setting: str) -> Federation:
+    """One method in one setting as a :class:`~fedalign_lite.federated.Federation`; artifacts: the
+    client descriptions (``names``). Its evaluation is personalized (it reads every client's
+    personal modules), so on Flower, where those never leave the clients, the server skips it."""
     check_choice("method", method, METHODS)
     train_pairs, held_pairs, names = client_pairs(cfg, setting)
     model, tok = build_model(cfg, METHODS[method])
     train = [[tokenize_pair(tok, p) for p in ps] for ps in train_pairs]
     held = [[tokenize_pair(tok, p) for p in ps] for ps in held_pairs]
-    result = run_federated(make_client_update(model, train, tok.pad_token_id, cfg), aggregate_fedavg,
-                           model.shared_state(), num_clients=len(train), rounds=cfg.rounds, seed=cfg.seed,
-                           evaluate=make_evaluate(model, held, tok.pad_token_id, cfg), run_dir=run_dir,
-                           fingerprint=f"{cfg.fingerprint()}-{method}-{setting}", progress=progress)
-    return result, names
+    return Federation(make_client_update(model, train, tok.pad_token_id, cfg), aggregate_fedavg,
+                      model.shared_state(), num_clients=len(train), rounds=cfg.rounds, seed=cfg.seed,
+                      evaluate=make_evaluate(model, held, tok.pad_token_id, cfg),
+                      fingerprint=f"{cfg.fingerprint()}-{method}-{setting}", evaluate_needs_personal=True,
+                      artifacts={"names": names})
+
+
+def run(cfg: PDPOConfig, method: str, setting: str, *, run_dir=None, progress: bool = True):
+    """One method in one setting in this process; returns (FederatedRun, client descriptions)."""
+    fed = federation(cfg, method, setting)
+    return fed.run(run_dir=run_dir, progress=progress), fed.artifacts["names"]
 
 
 # ---------------------------------------------------------------------------------- experiment --

@@ -29,7 +29,7 @@ from .aggregators import aggregate_fedavg
 from .assets import asdiv, harmful_prompts, rotten_tomatoes, truthfulqa
 from .config import ValidatedConfig, check_model_name
 from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, client_metric, derive_seed, run_federated, seed_everything
+from .federated import ClientUpdate, Federation, client_metric
 from .metrics import cosine_disagreement, lambda_dispersion, update_dispersion
 from .mgda import fedcmoo_find_weights, mgda_weights
 from .parallel import map_processes
@@ -160,21 +160,21 @@ def normalized_gram(grads: torch.Tensor) -> np.ndarray:
     return gram / max(np.mean(np.sqrt(np.diag(gram))) ** 2, 1e-30)
 
 
-def make_client_update(policy, tok, pools: list[list[dict]], rms: list, cfg: FIRMConfig, fedcmoo_weights=None):
-    """FIRM's client (module docstring); ``fedcmoo_weights(round) -> (w, {client: phase-1 grads})``."""
+def make_client_update(policy, tok, pools: list[list[dict]], rms: list, cfg: FIRMConfig):
+    """FIRM's client (module docstring); FedCMOO-A's phase 2 reads w from ``ctx.broadcast`` and its own
+    phase-1 gradients from ``ctx.phase1``."""
 
     def client_update(ctx) -> ClientUpdate:
         set_adapter_state(policy, ctx.global_state)
         pool, rm, ps = pools[ctx.client_id], rms[ctx.client_id], ctx.personal_state
         baseline = np.asarray(ps.get("baseline", [0.0, 0.0]), dtype=np.float64)
         rng = np.random.default_rng(ctx.seed)
-        upload_extra, lams, rewards_seen = {}, [], []
+        lams, rewards_seen = [], []
         start = 0
         if cfg.method == "fedcmoo":
-            w, phase1 = fedcmoo_weights(ctx.round)
-            grads = phase1[ctx.client_id]
+            w = np.asarray(ctx.broadcast["w"], dtype=np.float64)
+            grads = torch.stack([ctx.phase1[f"g{m}"] for m in range(len(w))])
             apply_lora_step(policy, torch.as_tensor(w, dtype=torch.float32) @ grads, cfg.lr)   # step 1: stored grads
-            upload_extra = {f"phase1/g{m}": g for m, g in enumerate(grads)}   # they crossed the network
             lams.append(w)
             start = 1
         for _ in range(start, cfg.local_steps):
@@ -194,36 +194,57 @@ def make_client_update(policy, tok, pools: list[list[dict]], rms: list, cfg: FIR
         metrics = {"lambda_help": float(lam_mean[0])}
         if rewards_seen:
             metrics.update(reward_help=float(np.mean(rewards_seen, 0)[0]), reward_harm=float(np.mean(rewards_seen, 0)[1]))
-        return ClientUpdate({**get_adapter_state(policy), **upload_extra}, len(pool), metrics,
-                            {"baseline": baseline.tolist()})
+        return ClientUpdate(get_adapter_state(policy), len(pool), metrics, {"baseline": baseline.tolist()})
 
     return client_update
 
 
 def make_fedcmoo_phase1(policy, tok, pools, rms, cfg: FIRMConfig):
-    """FedCMOO-A phase 1 + FindWeights, computed once per round at the broadcast model:
-    ``weights(round) -> (w, {client: (M, d) gradients})``. w carries over rounds, as the code's does."""
-    cache = {}
+    """FedCMOO-A phase 1, on the client: one gradient per objective at the broadcast model,
+    ``{"g<m>": (d,)}``, from a fresh batch (RNG seeded from (seed, round, client, 1) by the loop)."""
 
-    def weights(round_: int):
-        if round_ not in cache:
-            previous = cache.get(round_ - 1, (None, None))[0]
-            state = get_adapter_state(policy)          # the broadcast model: no client has stepped yet
-            grads, rng_state = {}, torch.get_rng_state()
-            for c in range(cfg.num_clients):
-                seed = derive_seed(cfg.seed, round_, c, 1)
-                seed_everything(seed)
-                rng = np.random.default_rng(seed)
-                rows = [pools[c][i] for i in rng.choice(len(pools[c]), cfg.batch_size, replace=False)]
-                grads[c], _ = objective_gradients(policy, tok, rows, rms[c], np.zeros(2), cfg, rng)
-            torch.set_rng_state(rng_state)
-            set_adapter_state(policy, state)
-            gram = np.mean([(g @ g.T).double().numpy() for g in grads.values()], 0)
-            cache.clear()
-            cache[round_] = (fedcmoo_find_weights(gram, previous, cfg.fedcmoo_lr, cfg.fedcmoo_iters), grads)
-        return cache[round_]
+    def phase1(ctx) -> dict:
+        set_adapter_state(policy, ctx.global_state)
+        rng = np.random.default_rng(ctx.seed)
+        pool = pools[ctx.client_id]
+        rows = [pool[i] for i in rng.choice(len(pool), cfg.batch_size, replace=False)]
+        grads, _ = objective_gradients(policy, tok, rows, rms[ctx.client_id], np.zeros(2), cfg, rng)
+        return {f"g{m}": g for m, g in enumerate(grads)}
 
-    return weights
+    return phase1
+
+
+def make_fedcmoo_combine(cfg: FIRMConfig):
+    """FedCMOO-A phase 1, on the server: G^T G averaged over clients, FindWeights from last round's w
+    (kept in the server state, as FedCMOO's code carries it), broadcast ``{"w": (M,)}``."""
+
+    def combine(round_: int, payloads: dict, server_state: dict):
+        grams = [(g @ g.T).double().numpy() for g in (torch.stack([p[f"g{m}"] for m in range(len(p))])
+                                                    for p in payloads.values())]
+        w = fedcmoo_find_weights(np.mean(grams, 0), server_state.get("fedcmoo_w"), cfg.fedcmoo_lr, cfg.fedcmoo_iters)
+        return {"w": w}, {**server_state, "fedcmoo_w": w}
+
+    return combine
+
+
+def make_payload_checks(num_params: int, objectives: int = 2):
+    """FIRM's checks on arrival: lambda_help in [0, 1]; a phase-1 upload is exactly g0..g{M-1}, each (d,)."""
+    from .errors import PayloadError
+
+    def check_update(update: ClientUpdate) -> None:
+        lam = update.metrics.get("lambda_help")
+        if lam is None or not 0.0 <= lam <= 1.0:
+            raise PayloadError(f"metric 'lambda_help' must be in [0, 1], got {lam!r}")
+
+    def check_phase1(payload: dict) -> None:
+        expected = [f"g{m}" for m in range(objectives)]
+        if sorted(payload) != expected:
+            raise PayloadError(f"phase-1 upload keys must be {expected}, got {sorted(payload)}")
+        for k, g in payload.items():
+            if tuple(g.shape) != (num_params,):
+                raise PayloadError(f"phase-1 upload {k!r} must have shape ({num_params},), got {tuple(g.shape)}")
+
+    return check_update, check_phase1
 
 
 def make_aggregate(cfg: FIRMConfig):
@@ -231,16 +252,14 @@ def make_aggregate(cfg: FIRMConfig):
     a row (D1 lambda dispersion, D2 update dispersion, D3 1 - mean cosine) per round."""
 
     def aggregate(global_state: dict, updates: list, server_state: dict):
-        lora = [ClientUpdate({k: v for k, v in u.upload.items() if not k.startswith("phase1/")}, u.num_samples,
-                             u.metrics) for u in updates]
-        new_global, _ = aggregate_fedavg(global_state, lora, server_state)
+        new_global, _ = aggregate_fedavg(global_state, updates, server_state)
         deltas = np.stack([torch.cat([(u.upload[k] - global_state[k]).reshape(-1) for k in global_state]).numpy()
-                           for u in lora])
+                           for u in updates])
         lams = [[u.metrics["lambda_help"], 1 - u.metrics["lambda_help"]] for u in updates]
         row = torch.tensor([[lambda_dispersion(lams), update_dispersion(deltas), cosine_disagreement(deltas)]],
                            dtype=torch.float64)
         drift = server_state.get("drift")
-        return new_global, {"drift": row if drift is None else torch.cat([drift, row])}
+        return new_global, {**server_state, "drift": row if drift is None else torch.cat([drift, row])}
 
     return aggregate
 
@@ -258,20 +277,33 @@ def make_evaluate(policy, tok, held: list[dict], cfg: FIRMConfig):
     return evaluate
 
 
-def run(cfg: FIRMConfig, *, run_dir=None, progress: bool = True):
-    """One FIRM / FedCMOO-A / FedAvg run; returns (FederatedRun, policy, tokenizer, held-out prompts)."""
+def federation(cfg: FIRMConfig) -> Federation:
+    """The run as a :class:`~fedalign_lite.federated.Federation` (in process or on Flower); its
+    artifacts are the policy, the tokenizer and the held-out prompts."""
     base, tok = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     pools, held = client_prompts(cfg)
     rms = client_reward_models(cfg.num_clients, cfg.same_rms, cfg.seed)
-    phase1 = make_fedcmoo_phase1(policy, tok, pools, rms, cfg) if cfg.method == "fedcmoo" else None
-    result = run_federated(make_client_update(policy, tok, pools, rms, cfg, phase1), make_aggregate(cfg),
-                           get_adapter_state(policy), num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
-                           evaluate=make_evaluate(policy, tok, held, cfg), run_dir=run_dir,
-                           fingerprint=cfg.fingerprint(), progress=progress)
+    init = get_adapter_state(policy)
+    check_update, check_phase1 = make_payload_checks(sum(v.numel() for v in init.values()))
+    two_phase = cfg.method == "fedcmoo"
+    return Federation(make_client_update(policy, tok, pools, rms, cfg), make_aggregate(cfg), init,
+                      num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
+                      evaluate=make_evaluate(policy, tok, held, cfg), fingerprint=cfg.fingerprint(),
+                      phase1=make_fedcmoo_phase1(policy, tok, pools, rms, cfg) if two_phase else None,
+                      combine_phase1=make_fedcmoo_combine(cfg) if two_phase else None,
+                      check_update=check_update, check_phase1=check_phase1,
+                      artifacts={"policy": policy, "tokenizer": tok, "held": held})
+
+
+def run(cfg: FIRMConfig, *, run_dir=None, progress: bool = True):
+    """One FIRM / FedCMOO-A / FedAvg run; returns (FederatedRun, policy, tokenizer, held-out prompts)."""
+    fed = federation(cfg)
+    result = fed.run(run_dir=run_dir, progress=progress)
+    policy = fed.artifacts["policy"]
     set_adapter_state(policy, result.global_state)
-    return result, policy, tok, held
+    return result, policy, fed.artifacts["tokenizer"], fed.artifacts["held"]
 
 
 # ---------------------------------------------------------------------------------- experiment --

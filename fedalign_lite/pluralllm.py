@@ -40,7 +40,7 @@ from .aggregators import aggregate_fedavg
 from .config import MODELS, ValidatedConfig
 from .embeddings import option_embeddings
 from .errors import ConfigError, check_choice, check_positive
-from .federated import ClientUpdate, clone_state, derive_seed, run_federated, seed_everything
+from .federated import ClientUpdate, Federation, clone_state, derive_seed, seed_everything
 from .gpo import GPO, gpo_loss, make_batch, sample_context_targets
 from .metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
                       steps_to_fraction)
@@ -292,8 +292,10 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
     return client_update
 
 
-def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress: bool = True):
-    """FedAvg over the training groups; returns (FederatedRun, final model). Round 0 = the initial model."""
+def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
+    """FedAvg of GPO over the training groups as a :class:`~fedalign_lite.federated.Federation`;
+    artifacts: the model (it holds whatever state was loaded last) and the data."""
+    data = data or load_data(cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg, data.x[0].shape[1])
 
@@ -301,9 +303,16 @@ def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress
         model.load_state_dict(state)
         return eval_row(model, data, cfg)
 
-    run = run_federated(make_client_update(model, data, cfg), aggregate_fedavg, clone_state(model.state_dict()),
-                        num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
-                        run_dir=run_dir, fingerprint=cfg.fingerprint(), progress=progress)
+    return Federation(make_client_update(model, data, cfg), aggregate_fedavg, clone_state(model.state_dict()),
+                      num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
+                      fingerprint=cfg.fingerprint(), artifacts={"model": model, "data": data})
+
+
+def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress: bool = True):
+    """FedAvg over the training groups; returns (FederatedRun, final model). Round 0 = the initial model."""
+    fed = federation(cfg, data)
+    run = fed.run(run_dir=run_dir, progress=progress)
+    model = fed.artifacts["model"]
     model.load_state_dict(run.global_state)
     return run, model
 

@@ -52,6 +52,14 @@ def test_failing_and_nan_clients_are_left_out():
     assert run.personal_states[1] == {} and run.personal_states[0] == {"steps": 6}
 
 
+def test_uploads_are_validated_on_arrival():
+    with pytest.warns(UserWarning, match="client 2 left out"):
+        run = toy.run(1, bad_shape=(2,))
+    status = {r["client"]: r["status"] for r in run.client_log}[2]
+    assert "PayloadError" in status and "(5,)" in status and "(4,)" in status
+    assert run.history[1]["clients_ok"] == 2
+
+
 def test_all_clients_failing_is_a_clear_error():
     with pytest.warns(UserWarning), pytest.raises(AllClientsFailedError, match="all 3 sampled clients failed"):
         toy.run(1, fail=(0, 1, 2))

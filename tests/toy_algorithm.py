@@ -10,7 +10,7 @@ import time
 import torch
 
 from fedalign_lite.aggregators import aggregate_fedavg
-from fedalign_lite.federated import ClientUpdate, run_federated
+from fedalign_lite.federated import ClientUpdate, Federation
 
 DIM, CLIENTS = 4, 3
 
@@ -22,10 +22,12 @@ def client_data(k: int):
     return X, X @ w_true
 
 
-def make_client_update(steps=3, lr=0.05, fail=(), nan=(), delay=0.0):
+def make_client_update(steps=3, lr=0.05, fail=(), nan=(), delay=0.0, bad_shape=()):
     def client_update(ctx):
         if ctx.client_id in fail:
             raise RuntimeError("simulated crash")
+        if ctx.client_id in bad_shape:
+            return ClientUpdate({"w": torch.zeros(DIM + 1)}, 1)
         time.sleep(delay)
         X, y = client_data(ctx.client_id)
         w = ctx.global_state["w"].clone().requires_grad_(True)
@@ -46,10 +48,13 @@ def evaluate(state, r, personal_states):
     return {"global_loss": float(sum(((X @ state["w"] - y) ** 2).mean() for X, y in map(client_data, range(CLIENTS))))}
 
 
+def federation(rounds, seed=0, delay=0.0, **kw):
+    return Federation(make_client_update(delay=delay, **kw), aggregate_fedavg, {"w": torch.zeros(DIM)},
+                      num_clients=CLIENTS, rounds=rounds, seed=seed, evaluate=evaluate, fingerprint="toy")
+
+
 def run(rounds, run_dir=None, seed=0, delay=0.0, **kw):
-    return run_federated(make_client_update(delay=delay, **kw), aggregate_fedavg, {"w": torch.zeros(DIM)},
-                         num_clients=CLIENTS, rounds=rounds, seed=seed, evaluate=evaluate, run_dir=run_dir,
-                         fingerprint="toy", progress=False)
+    return federation(rounds, seed, delay, **kw).run(run_dir=run_dir, progress=False)
 
 
 if __name__ == "__main__":
