@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PRESET ?= cpu
+# The Flower extra (flwr + Ray) is optional for users; the tests exercise the adapter, so `make env`
+# installs it. `make env EXTRAS=` gives the base install the notebooks need.
+EXTRAS ?= flower
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements-lock.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements-lock.txt -e .
+	$(BIN)/python -m pip install -q -c requirements-lock.txt -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -45,7 +48,9 @@ base-model: env
 	$(BIN)/python -m fedalign_lite.base_model
 
 lock: env
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^fedalign' > requirements-lock.txt
+	{ echo "# Full resolved set (pip freeze on Python 3.11, CPU, with the [flower] extra), used as constraints by"; \
+	  echo "# \`make env\` so that every machine gets the same transitive versions. Regenerate with: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^fedalign'; } > requirements-lock.txt
 
 clean:
 	rm -rf build runs

@@ -19,8 +19,18 @@ def test_environment_yml_matches_pyproject():
 
 def test_every_requirement_is_pinned():
     nodeps = [l for l in (ROOT / "requirements-nodeps.txt").read_text().splitlines() if l and not l.startswith("#")]
-    for req in _pyproject_deps() + nodeps:
-        assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][^\s]*", req), f"unpinned requirement {req!r}"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for req in _pyproject_deps() + nodeps + [r for reqs in extras.values() for r in reqs]:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][^\s]*", req), f"unpinned requirement {req!r}"
+
+
+def test_base_install_does_not_need_flower():
+    """Flower and Ray are an extra: nothing but the adapter imports them."""
+    for path in (ROOT / "fedalign_lite").glob("*.py"):
+        if path.name != "flower.py":
+            assert not re.search(r"^\s*(import|from) (flwr|ray)\b", path.read_text(), flags=re.M), path.name
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        assert "flwr" not in nb.read_text() and "fedalign_lite.flower" not in nb.read_text(), nb.name
 
 
 def test_ci_runs_the_readme_test_command():

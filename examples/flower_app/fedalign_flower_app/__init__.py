@@ -1,0 +1,1 @@
+"""fedalign-lite's algorithms as a Flower app (see ../README.md)."""
