@@ -323,9 +323,11 @@ def simulate(run_config: dict, *, build=build_federation, cpus_per_client: float
     """Run ``build(run_config)`` on Flower's simulation runtime (one virtual SuperNode per client,
     Ray actors with ``cpus_per_client`` each) and return its :class:`~fedalign_lite.federated.FederatedRun`.
 
-    The Python entry point for notebooks and tests; ``flwr run`` on ``examples/flower_app`` is the
-    command-line one. The run config reaches both apps through ``build`` (Flower's in-process
-    simulation passes them no run config of their own).
+    The Python entry point; ``flwr run`` on ``examples/flower_app`` is the command-line one. The run
+    config reaches both apps through ``build`` (Flower's in-process simulation passes them no run
+    config of their own). Ray starts inside the calling process: in our test suite a papermill run
+    later in the same process hung, so the tests call this in a subprocess, and so should a caller
+    that goes on to drive Jupyter kernels.
     """
     from flwr.simulation import run_simulation
 

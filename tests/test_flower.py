@@ -192,12 +192,34 @@ class _nothing:
 
 # ------------------------------------------------------------------- Flower's simulation runtime --
 
+SIMULATE = """
+import json, sys
+from safetensors.torch import save_file
+from fedalign_lite import flower
+run = flower.simulate(json.loads(sys.argv[1]))
+save_file({k: v.contiguous() for k, v in run.global_state.items()}, sys.argv[2] + "/global.safetensors")
+open(sys.argv[2] + "/history.json", "w").write(json.dumps(run.history))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rc", [{"algorithm": "fed-dpo", "num_clients": 3, "clients_per_round": 3, "rounds": 2},
                                 {"algorithm": "firm", "num_clients": 3, "rounds": 1}], ids=["fedavg-dpo", "firm"])
-def test_flower_simulation_equals_in_process_loop(rc, one_thread):
+def test_flower_simulation_equals_in_process_loop(rc, one_thread, tmp_path):
+    """Flower's simulation runtime runs in a subprocess: Ray (started by it) must not outlive the run
+    inside the test process, where later tests drive Jupyter kernels."""
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from fedalign_lite.federated import FederatedRun
+
     rc = {"preset": "smoke", **rc}
-    got = flower.simulate(rc)
-    flower._BUILT.clear()
+    proc = subprocess.run([sys.executable, "-c", SIMULATE, json.dumps(rc), str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = FederatedRun(load_file(tmp_path / "global.safetensors"), {}, {},
+                       json.loads((tmp_path / "history.json").read_text()), [])
     ref = flower.build_federation(rc).run(progress=False)
     assert_same_run(got, ref)
