@@ -13,3 +13,10 @@ def tiny():
     from fedalign_lite.models import load_model
 
     return load_model("random-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """One cache dir per test session for the SmolLM2 conversion (about a minute), shared by the tests
+    that load it; each points ``FEDALIGN_CACHE`` at it with monkeypatch."""
+    return tmp_path_factory.mktemp("fedalign_cache")

@@ -55,7 +55,8 @@ def test_refusal_detector():
 
 
 @pytest.mark.slow
-def test_smollm2_converts_once_and_reloads(tmp_path, monkeypatch):
+def test_smollm2_converts_once_and_reloads(smollm2_cache, monkeypatch):
+    tmp_path = smollm2_cache
     monkeypatch.setenv("FEDALIGN_CACHE", str(tmp_path))
     model, tok = load_model("smollm2-135m")
     assert model.config.num_hidden_layers == 30 and len(tok) == 49152
