@@ -2,6 +2,7 @@
 in-process loop. Fast tests serve the ClientApp from an in-process grid (:class:`LocalGrid`); the
 ``slow`` ones run Flower's own simulation runtime (Ray), as the issue asks."""
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_algorithm_payloads_travel_as_records(rc, one_thread):
     2 rounds) and FedMOA's accuracies and weight logits give the in-process numbers."""
     rc = {"preset": "smoke", **rc}
     build = flower.build_federation
-    with pytest.warns(UserWarning, match="skips evaluation") if rc["algorithm"] == "fedpdpo" else _nothing():
+    with pytest.warns(UserWarning, match="skips evaluation") if rc["algorithm"] == "fedpdpo" else nullcontext():
         got, grid = serve(build, rc)
     flower._BUILT.clear()
     ref = flower.build_federation(rc).run(progress=False)
@@ -180,14 +181,6 @@ def test_algorithm_payloads_travel_as_records(rc, one_thread):
     if rc.get("method") == "fedcmoo":
         assert grid.sent.count("train.phase1") == 3
         np.testing.assert_array_equal(got.server_state["fedcmoo_w"], ref.server_state["fedcmoo_w"])
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------- Flower's simulation runtime --
