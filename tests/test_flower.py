@@ -165,11 +165,14 @@ def test_bad_run_config_names_the_key(rc, match):
 @pytest.mark.slow
 @pytest.mark.parametrize("rc", [{"algorithm": "firm", "method": "fedcmoo", "rounds": 1},
                                 {"algorithm": "fedpdpo", "method": "fedpdpo", "setting": "noniid", "num_clients": 3},
-                                {"algorithm": "fedmoa", "accuracy_source": "client"}],
-                         ids=["fedcmoo-phase1-records", "fedpdpo-personal-state", "fedmoa-client-accuracies"])
+                                {"algorithm": "fedmoa", "accuracy_source": "client"},
+                                {"algorithm": "pluralllm", "persistent_optimizer": True}],
+                         ids=["fedcmoo-phase1-records", "fedpdpo-personal-state", "fedmoa-client-accuracies",
+                              "pluralllm-adam-state"])
 def test_algorithm_payloads_travel_as_records(rc, one_thread):
     """FedCMOO-A's per-objective gradients (train.phase1), FedPDPO's personal modules (context.state over
-    2 rounds) and FedMOA's accuracies and weight logits give the in-process numbers."""
+    2 rounds), FedMOA's accuracies and weight logits, and PluralLLM's persistent Adam moments give the
+    in-process numbers."""
     rc = {"preset": "smoke", **rc}
     build = flower.build_federation
     with pytest.warns(UserWarning, match="skips evaluation") if rc["algorithm"] == "fedpdpo" else nullcontext():
