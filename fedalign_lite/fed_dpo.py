@@ -19,7 +19,7 @@ import torch
 from .aggregators import proximal_term
 from .federated import ClientUpdate, Federation, derive_seed
 from .losses import dpo_loss, reward_accuracy, sequence_logps
-from .models import get_adapter_state, set_adapter_state
+from .models import get_adapter_state, named_lora_parameters, set_adapter_state
 from .preference import collate
 
 
@@ -55,16 +55,9 @@ def dpo_step_loss(model, tokenized, ref, idx, pad_id, cfg, global_state=None):
     if cfg.sft_weight:   # RPO-style NLL per chosen token keeps generations fluent (MEASURED.md)
         total = total - cfg.sft_weight * (pc / b["completion_mask"][: len(idx), 1:].sum(-1)).mean()
     if global_state is not None and cfg.prox_mu:
-        named = ((k, p) for k, p in _lora_params(model) if k in global_state)
+        named = ((k, p) for k, p in named_lora_parameters(model) if k in global_state)
         total = total + proximal_term(named, global_state, cfg.prox_mu)
     return total, {"loss": loss.item(), "reward_acc": reward_accuracy(rc, rr)}
-
-
-def _lora_params(model):
-    """(key as in get_adapter_state, parameter) for the trainable LoRA weights."""
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            yield name.replace(".default", ""), p
 
 
 def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int, cfg,
@@ -81,7 +74,7 @@ def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int
             ps["ref_logps"] = reference_logps(model, data, pad_id, cfg.max_length)
         set_adapter_state(model, ctx.global_state)
         model.train()
-        params = [p for _, p in _lora_params(model)]
+        params = [p for _, p in named_lora_parameters(model)]
         opt = torch.optim.Adam(params, lr=cfg.lr)
         if persistent_optimizer and "optimizer" in ps:
             opt.load_state_dict(ps["optimizer"])

@@ -147,6 +147,15 @@ def set_adapter_state(model, state: dict) -> None:
         raise ConfigError(f"adapter state has keys the model lacks: {unexpected[:3]}")
 
 
+def named_lora_parameters(model) -> list:
+    """``[(key as in get_adapter_state, parameter)]`` for the trainable LoRA weights, in parameter order.
+    Matched by storage, not by editing names, so it holds whatever the adapter is called."""
+    from peft import get_peft_model_state_dict
+
+    key_of = {t.data_ptr(): k for k, t in get_peft_model_state_dict(model).items()}
+    return [(key_of[p.data_ptr()], p) for p in model.parameters() if p.requires_grad and p.data_ptr() in key_of]
+
+
 def lora_parameters(model) -> list:
     """The trainable LoRA tensors (A and B of every adapted layer), in a fixed order."""
     return [p for n, p in model.named_parameters() if "lora_" in n]

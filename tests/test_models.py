@@ -67,3 +67,16 @@ def test_smollm2_converts_once_and_reloads(smollm2_cache, monkeypatch):
     assert loss < 6.0                       # a trained model, not random (random ~ ln 49152 = 10.8)
     again, _ = load_model("smollm2-135m")   # from the safetensors cache this time
     assert torch.equal(next(again.parameters()), next(model.parameters()))
+
+
+def test_named_lora_parameters_are_the_uploaded_tensors():
+    from fedalign_lite.models import add_lora, get_adapter_state, named_lora_parameters
+
+    model = add_lora(load_model("random-tiny")[0], 4, 8)
+    named = named_lora_parameters(model)
+    state = get_adapter_state(model)
+    assert [k for k, _ in named] == list(state) and len(named) == 8
+    with torch.no_grad():
+        for _, p in named:
+            p.add_(1.0)                       # a step on the parameter is a step on the uploaded key
+    assert all(torch.equal(get_adapter_state(model)[k], state[k] + 1.0) for k in state)
