@@ -164,6 +164,7 @@ class Federation:
     fingerprint: str = ""
     phase1: Callable[[ClientContext], dict] | None = None
     combine_phase1: Callable | None = None
+    download: Callable[[dict, int], dict] | None = None   # the part of the global state client i needs
     check_update: Callable[[ClientUpdate], None] | None = None
     check_phase1: Callable[[dict], None] | None = None
     evaluate_needs_personal: bool = False   # evaluate reads personal states (they never leave Flower clients)
@@ -173,8 +174,8 @@ class Federation:
         """Keyword arguments of :func:`run_federated` (everything but ``artifacts``)."""
         return {k: getattr(self, k) for k in ("client_update", "aggregate", "global_state", "num_clients", "rounds",
                                               "seed", "clients_per_round", "evaluate", "personal_states",
-                                              "fingerprint", "phase1", "combine_phase1", "check_update",
-                                              "check_phase1")}
+                                              "fingerprint", "phase1", "combine_phase1", "download",
+                                              "check_update", "check_phase1")}
 
     def run(self, *, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> FederatedRun:
         """All rounds in this process (:func:`run_federated`)."""
@@ -198,23 +199,22 @@ class InProcessClients:
                 out.append((cid, e))
         return out
 
-    def phase1(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict) -> list:
+    def phase1(self, round_: int, sampled: list[int], views: dict, personal_states: dict) -> list:
         def call(cid):
             s = derive_seed(self.seed, round_, cid, 1)
             seed_everything(s)
-            payload = self.phase1_fn(ClientContext(cid, round_, s, clone_state(global_state),
+            payload = self.phase1_fn(ClientContext(cid, round_, s, clone_state(views[cid]),
                                                    copy.deepcopy(personal_states[cid])))
             self.own_phase1[cid] = payload       # a client keeps what it sent (FedCMOO-A's first step)
             return payload
         self.own_phase1 = {}
         return self._each(round_, sampled, "phase 1", call)
 
-    def train(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict,
-              broadcast: dict) -> list:
+    def train(self, round_: int, sampled: list[int], views: dict, personal_states: dict, broadcast: dict) -> list:
         def call(cid):
             s = derive_seed(self.seed, round_, cid)
             seed_everything(s)
-            return self.client_update(ClientContext(cid, round_, s, clone_state(global_state),
+            return self.client_update(ClientContext(cid, round_, s, clone_state(views[cid]),
                                                     copy.deepcopy(personal_states[cid]), copy.deepcopy(broadcast),
                                                     self.own_phase1.get(cid, {})))
         return self._each(round_, sampled, "clients", call)
@@ -230,8 +230,9 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
                   seed: int = 0, evaluate: Callable[[dict, int, dict], dict] | None = None,
                   personal_states: dict | None = None, run_dir: str | Path | None = None, resume: bool = True,
                   fingerprint: str = "", progress: bool = True, phase1: Callable | None = None,
-                  combine_phase1: Callable | None = None, check_update: Callable | None = None,
-                  check_phase1: Callable | None = None, transport=None) -> FederatedRun:
+                  combine_phase1: Callable | None = None, download: Callable[[dict, int], dict] | None = None,
+                  check_update: Callable | None = None, check_phase1: Callable | None = None,
+                  transport=None) -> FederatedRun:
     """Run ``rounds`` rounds and return the final state and the metrics.
 
     Args:
@@ -243,6 +244,8 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
         run_dir: where ``checkpoint.safetensors`` and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
         fingerprint: config hash stored in the checkpoint; resuming under another one is refused.
         phase1, combine_phase1: the optional first phase of a round (module docstring).
+        download: ``download(global_state, client) -> dict``, the part of the global state sent to
+            that client (FedMOA sends each client its task's model); ``None`` sends all of it.
         check_update, check_phase1: the algorithm's own payload checks, run on arrival after
             :func:`check_upload` / :func:`check_tensors`; a payload that fails drops its client.
         transport: who runs the clients: ``None`` runs ``client_update`` here (:class:`InProcessClients`);
@@ -276,13 +279,14 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
     for r in bar:
         t0 = time.perf_counter()
         sampled = sample_clients(num_clients, clients_per_round, seed, r)
-        down = state_nbytes(state["global_state"])
-        rows = {cid: {"round": r, "client": cid, "bytes_down": down, "bytes_up": 0} for cid in sampled}
+        views = {cid: download(state["global_state"], cid) if download else state["global_state"] for cid in sampled}
+        rows = {cid: {"round": r, "client": cid, "bytes_down": state_nbytes(views[cid]), "bytes_up": 0}
+                for cid in sampled}
         failed: dict = {}
         broadcast = {}
         if phase1 is not None:
             payloads = {}
-            for cid, payload in transport.phase1(r, sampled, state["global_state"], state["personal_states"]):
+            for cid, payload in transport.phase1(r, sampled, views, state["personal_states"]):
                 try:
                     if isinstance(payload, Exception):
                         raise payload
@@ -300,7 +304,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
             broadcast, state["server_state"] = combine_phase1(r, payloads, state["server_state"])
         ok = []
         live = [c for c in sampled if c not in failed]
-        for cid, upd in transport.train(r, live, state["global_state"], state["personal_states"], broadcast):
+        for cid, upd in transport.train(r, live, views, state["personal_states"], broadcast):
             try:
                 if isinstance(upd, Exception):
                     raise upd
@@ -327,7 +331,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
                 state["personal_states"][cid] = upd.personal_state
         metric_keys = sorted({k for x in rows for k in x if k.startswith("client_")})
         summary = {"round": r, "clients_ok": len(ok), "clients_failed": len(rows) - len(ok),
-                   "bytes_up": sum(x["bytes_up"] for x in rows), "bytes_down": down * len(sampled),
+                   "bytes_up": sum(x["bytes_up"] for x in rows), "bytes_down": sum(x["bytes_down"] for x in rows),
                    **{k: float(np.mean([x[k] for x in rows if k in x])) for k in metric_keys}}
         if evaluate is not None:
             summary.update(evaluate(state["global_state"], r, state["personal_states"]))

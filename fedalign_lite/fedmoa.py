@@ -329,6 +329,8 @@ def federation(cfg: MOAConfig) -> Federation:
     return Federation(make_client_update(policy, tok, clients, cfg), make_aggregate(policy, tok, clients, cfg),
                       global_state, num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
                       evaluate=make_evaluate(policy, tok, cfg), fingerprint=cfg.fingerprint(),
+                      download=lambda state, cid: {k: v for k, v in state.items()
+                                                   if k.startswith(f"{clients[cid].task}/")},
                       check_update=make_check_update(clients, global_state, cfg), artifacts={"clients": clients})
 
 

@@ -157,20 +157,27 @@ class FlowerClients:
         return [(cid, got.get(cid, TimeoutError(f"no {message_type} reply from client {cid} within "
                                                 f"{self.timeout} s"))) for cid in sampled]
 
-    def _round_content(self, round_: int, global_state: dict) -> RecordDict:
-        return RecordDict({"global": state_record(global_state),
-                           "config": ConfigRecord({"round": round_, "fingerprint": self.fingerprint})})
+    def _contents(self, round_: int, views: dict, broadcast: dict | None = None):
+        """``content(cid)``: one RecordDict per distinct view (all clients share it without ``download``)."""
+        built: dict = {}
 
-    def phase1(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict) -> list:
-        base = self._round_content(round_, global_state)
-        out = self._exchange("train.phase1", round_, sampled, lambda cid: base)
+        def content(cid):
+            view = views[cid]
+            if id(view) not in built:
+                built[id(view)] = RecordDict({"global": state_record(view), "config": ConfigRecord(
+                    {"round": round_, "fingerprint": self.fingerprint})})
+                if broadcast is not None:
+                    pack(built[id(view)], "broadcast", broadcast)
+            return built[id(view)]
+
+        return content
+
+    def phase1(self, round_: int, sampled: list[int], views: dict, personal_states: dict) -> list:
+        out = self._exchange("train.phase1", round_, sampled, self._contents(round_, views))
         return [(cid, x if isinstance(x, Exception) else _phase1_payload(x)) for cid, x in out]
 
-    def train(self, round_: int, sampled: list[int], global_state: dict, personal_states: dict,
-              broadcast: dict) -> list:
-        content = self._round_content(round_, global_state)
-        pack(content, "broadcast", broadcast)
-        out = self._exchange("train", round_, sampled, lambda cid: content)
+    def train(self, round_: int, sampled: list[int], views: dict, personal_states: dict, broadcast: dict) -> list:
+        out = self._exchange("train", round_, sampled, self._contents(round_, views, broadcast))
         return [(cid, x if isinstance(x, Exception) else _safe(content_update, x)) for cid, x in out]
 
 

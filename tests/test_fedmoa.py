@@ -72,11 +72,12 @@ def test_runs_log_weights_saturation_and_aggregation(runs):
     assert all(len(ps["logits"]) == 3 for ps in runs["fedmoa"].personal_states.values())
 
 
-def test_upload_is_the_task_adapter_plus_scalars(runs):
+def test_each_client_downloads_and_uploads_its_task_adapter_plus_scalars(runs):
     run = runs["fedmoa"]
     per_task = sum(v.numel() * v.element_size() for k, v in run.global_state.items() if k.startswith("math/"))
     scalars = 8 * (1 + 7)                               # n_i; client, task, 3 weights, 2 saturations
     assert run.history[1]["bytes_up"] == CFG.num_clients * (per_task + scalars)
+    assert run.history[1]["bytes_down"] == CFG.num_clients * per_task    # its task's model, not both
 
 
 @pytest.mark.parametrize("field,value,match", [
