@@ -29,7 +29,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -171,11 +171,9 @@ class Federation:
     artifacts: dict = field(default_factory=dict)
 
     def loop_arguments(self) -> dict:
-        """Keyword arguments of :func:`run_federated` (everything but ``artifacts``)."""
-        return {k: getattr(self, k) for k in ("client_update", "aggregate", "global_state", "num_clients", "rounds",
-                                              "seed", "clients_per_round", "evaluate", "personal_states",
-                                              "fingerprint", "phase1", "combine_phase1", "download",
-                                              "check_update", "check_phase1")}
+        """Keyword arguments of :func:`run_federated`: every field but the two the loop does not take."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("evaluate_needs_personal", "artifacts")}
 
     def run(self, *, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> FederatedRun:
         """All rounds in this process (:func:`run_federated`)."""
@@ -222,7 +220,20 @@ class InProcessClients:
 
 def _failed(row: dict, round_: int, error: Exception) -> dict:
     warnings.warn(f"round {round_}: client {row['client']} left out of aggregation: {type(error).__name__}: {error}")
-    return {**row, "status": f"failed: {type(error).__name__}: {error}", "bytes_up": row.get("bytes_up", 0)}
+    return {**row, "status": f"failed: {type(error).__name__}: {error}"}
+
+
+def _arrival_error(result, *checks) -> Exception | None:
+    """What a transport returned for one client: its exception, or the first check that fails."""
+    if isinstance(result, Exception):
+        return result
+    try:
+        for check in checks:
+            if check is not None:
+                check(result)
+    except Exception as e:  # noqa: BLE001 -- an invalid payload fails its client, not the run
+        return e
+    return None
 
 
 def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None, aggregate: Callable,
@@ -287,14 +298,8 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
         if phase1 is not None:
             payloads = {}
             for cid, payload in transport.phase1(r, sampled, views, state["personal_states"]):
-                try:
-                    if isinstance(payload, Exception):
-                        raise payload
-                    check_tensors("phase-1 upload", payload)
-                    if check_phase1 is not None:
-                        check_phase1(payload)
-                except Exception as e:  # noqa: BLE001
-                    failed[cid] = e
+                if error := _arrival_error(payload, lambda p: check_tensors("phase-1 upload", p), check_phase1):
+                    failed[cid] = error
                     continue
                 rows[cid]["bytes_up"] += state_nbytes(payload)
                 payloads[cid] = payload
@@ -305,14 +310,8 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
         ok = []
         live = [c for c in sampled if c not in failed]
         for cid, upd in transport.train(r, live, views, state["personal_states"], broadcast):
-            try:
-                if isinstance(upd, Exception):
-                    raise upd
-                check_upload(upd, state["global_state"])
-                if check_update is not None:
-                    check_update(upd)
-            except Exception as e:  # noqa: BLE001
-                failed[cid] = e
+            if error := _arrival_error(upd, lambda u: check_upload(u, state["global_state"]), check_update):
+                failed[cid] = error
                 continue
             rows[cid].update(status="ok", num_samples=int(upd.num_samples),
                              **{f"client_{k}": float(v) for k, v in upd.metrics.items()})

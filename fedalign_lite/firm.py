@@ -173,7 +173,7 @@ def make_client_update(policy, tok, pools: list[list[dict]], rms: list, cfg: FIR
         start = 0
         if cfg.method == "fedcmoo":
             w = np.asarray(ctx.broadcast["w"], dtype=np.float64)
-            grads = torch.stack([ctx.phase1[f"g{m}"] for m in range(len(w))])
+            grads = phase1_matrix(ctx.phase1)
             apply_lora_step(policy, torch.as_tensor(w, dtype=torch.float32) @ grads, cfg.lr)   # step 1: stored grads
             lams.append(w)
             start = 1
@@ -214,13 +214,17 @@ def make_fedcmoo_phase1(policy, tok, pools, rms, cfg: FIRMConfig):
     return phase1
 
 
+def phase1_matrix(payload: dict) -> torch.Tensor:
+    """(M, d): a phase-1 upload ``{"g0": (d,), "g1": (d,), ...}`` stacked in objective order."""
+    return torch.stack([payload[f"g{m}"] for m in range(len(payload))])
+
+
 def make_fedcmoo_combine(cfg: FIRMConfig):
     """FedCMOO-A phase 1, on the server: G^T G averaged over clients, FindWeights from last round's w
     (kept in the server state, as FedCMOO's code carries it), broadcast ``{"w": (M,)}``."""
 
     def combine(round_: int, payloads: dict, server_state: dict):
-        grams = [(g @ g.T).double().numpy() for g in (torch.stack([p[f"g{m}"] for m in range(len(p))])
-                                                    for p in payloads.values())]
+        grams = [(g @ g.T).double().numpy() for g in map(phase1_matrix, payloads.values())]
         w = fedcmoo_find_weights(np.mean(grams, 0), server_state.get("fedcmoo_w"), cfg.fedcmoo_lr, cfg.fedcmoo_iters)
         return {"w": w}, {**server_state, "fedcmoo_w": w}
 

@@ -174,27 +174,30 @@ class FlowerClients:
 
     def phase1(self, round_: int, sampled: list[int], views: dict, personal_states: dict) -> list:
         out = self._exchange("train.phase1", round_, sampled, self._contents(round_, views))
-        return [(cid, x if isinstance(x, Exception) else _phase1_payload(x)) for cid, x in out]
+        return [(cid, _decoded(_phase1_payload, x)) for cid, x in out]
 
     def train(self, round_: int, sampled: list[int], views: dict, personal_states: dict, broadcast: dict) -> list:
         out = self._exchange("train", round_, sampled, self._contents(round_, views, broadcast))
-        return [(cid, x if isinstance(x, Exception) else _safe(content_update, x)) for cid, x in out]
+        return [(cid, _decoded(content_update, x)) for cid, x in out]
 
 
 class RemoteClientError(FedAlignError, RuntimeError):
     """A ClientApp raised; Flower sent its error back instead of a reply."""
 
 
-def _safe(fn, content):
+def _decoded(decode, reply):
+    """``decode(reply)``, or the exception that the reply is or that decoding raised (that client's failure)."""
+    if isinstance(reply, Exception):
+        return reply
     try:
-        return fn(content)
-    except Exception as e:  # noqa: BLE001 -- becomes that client's failure, like any other
+        return decode(reply)
+    except Exception as e:  # noqa: BLE001
         return e
 
 
-def _phase1_payload(content: RecordDict):
+def _phase1_payload(content: RecordDict) -> dict:
     if not isinstance(content.get("phase1"), ArrayRecord):
-        return PayloadError(f"phase-1 reply must hold an ArrayRecord 'phase1'; it has {sorted(content)}")
+        raise PayloadError(f"phase-1 reply must hold an ArrayRecord 'phase1'; it has {sorted(content)}")
     return record_state(content["phase1"])
 
 
