@@ -45,7 +45,7 @@ bench: env
 	$(BIN)/python benchmarks/grpo_step.py
 
 base-model: env
-	$(BIN)/python -m fedalign_lite.base_model
+	$(BIN)/python -m fedalign_lite.recipes.base_model
 
 lock: env
 	{ echo "# Full resolved set (pip freeze on Python 3.11, CPU, with the [flower] extra), used as constraints by"; \

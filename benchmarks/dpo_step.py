@@ -35,9 +35,9 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 
 def ours_s_per_step(cfg, pairs) -> float:
-    from fedalign_lite.fed_dpo import dpo_step_loss, reference_logps
-    from fedalign_lite.models import add_lora, load_model
-    from fedalign_lite.preference import tokenize_pair
+    from fedalign_lite.algorithms.fed_dpo import dpo_step_loss, reference_logps
+    from fedalign_lite.models.causal_lm import add_lora, load_model
+    from fedalign_lite.data.preference import tokenize_pair
 
     model, tok = load_model(cfg.model)
     torch.manual_seed(0)
@@ -63,8 +63,8 @@ def trl_s_per_step(cfg, pairs) -> float:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from fedalign_lite.chat import format_prompt
-    from fedalign_lite.models import load_model, lora_target_modules
+    from fedalign_lite.data.chat import format_prompt
+    from fedalign_lite.models.causal_lm import load_model, lora_target_modules
 
     model, tok = load_model(cfg.model)
     times = []
@@ -83,7 +83,7 @@ def trl_s_per_step(cfg, pairs) -> float:
 
 
 def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) -> tuple[float, int]:
-    from fedalign_lite.models import load_model
+    from fedalign_lite.models.causal_lm import load_model
 
     model, tok = load_model(cfg.model)
     model.train()
@@ -102,7 +102,7 @@ def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) 
 
 def main() -> dict:
     from fedalign_lite.config import get_preset
-    from fedalign_lite.preference import review_pairs
+    from fedalign_lite.data.preference import review_pairs
 
     torch.set_num_threads(2)
     cfg = get_preset("cpu")

@@ -28,16 +28,16 @@ def format_reward(completions, **kwargs) -> list[float]:
 
 
 def prompts() -> list[str]:
-    from fedalign_lite.tasks import arithmetic_problem
+    from fedalign_lite.data.tasks import arithmetic_problem
 
     rng = random.Random(0)
     return [arithmetic_problem(rng)["prompt"] for _ in range(PROMPTS * (STEPS + WARMUP))]
 
 
 def ours_s_per_step() -> float:
-    from fedalign_lite.grpo import group_advantages, grpo_loss
-    from fedalign_lite.models import add_lora, load_model, lora_parameters
-    from fedalign_lite.rollout import rollout_token_logps, sample
+    from fedalign_lite.objectives.grpo import group_advantages, grpo_loss
+    from fedalign_lite.models.causal_lm import add_lora, load_model, lora_parameters
+    from fedalign_lite.models.rollout import rollout_token_logps, sample
 
     model, tok = load_model("fedalign-base")
     torch.manual_seed(0)
@@ -66,8 +66,8 @@ def trl_s_per_step() -> float:
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from fedalign_lite.chat import format_prompt
-    from fedalign_lite.models import load_model, lora_target_modules
+    from fedalign_lite.data.chat import format_prompt
+    from fedalign_lite.models.causal_lm import load_model, lora_target_modules
 
     model, tok = load_model("fedalign-base")
     times = []

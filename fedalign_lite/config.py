@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .errors import ConfigError, check_choice, check_positive
+from fedalign_lite.errors import ConfigError, check_choice, check_positive
 
 MODELS = ("random-tiny", "fedalign-base", "smollm2-135m")
 """Model names resolved offline; any other model must be written ``hub:<org>/<name>``."""

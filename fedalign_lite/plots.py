@@ -1,7 +1,10 @@
 """Figure helpers the notebooks share (matplotlib only; each draws on an axis it is given)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+
+from fedalign_lite.data.partition import client_histograms
 
 
 def plot_mean_band(ax, curves: list, label: str, x=None, **style):
@@ -28,7 +31,6 @@ def plot_distributions(ax, options: list[str], dists: dict, title: str = ""):
     ax.legend(fontsize=7)
 
 
-
 def ema(values, half_life: float = 20.0) -> np.ndarray:
     """Exponential moving average with the given half-life in steps (FIRM smooths its curves this way)."""
     alpha = 1 - 0.5 ** (1 / half_life)
@@ -37,3 +39,18 @@ def ema(values, half_life: float = 20.0) -> np.ndarray:
         acc = v if acc is None else alpha * v + (1 - alpha) * acc
         out.append(acc)
     return np.asarray(out)
+
+
+def plot_histograms(labels, parts: list[np.ndarray], ax=None, title: str = ""):
+    """Stacked bars: one bar per client, one colour per label (``parts`` from a partitioner)."""
+    values, counts = client_histograms(labels, parts)
+    ax = ax or plt.gca()
+    bottom = np.zeros(len(parts))
+    for j, v in enumerate(values):
+        ax.bar(range(len(parts)), counts[:, j], bottom=bottom, label=str(v))
+        bottom += counts[:, j]
+    ax.set_xlabel("client")
+    ax.set_ylabel("items")
+    ax.set_title(title)
+    ax.legend(fontsize=7, title="label")
+    return ax

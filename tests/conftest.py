@@ -10,7 +10,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny():
     """The random-tiny model and the project tokenizer (seeded)."""
-    from fedalign_lite.models import load_model
+    from fedalign_lite.models.causal_lm import load_model
 
     return load_model("random-tiny", seed=0)
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from fedalign_lite.aggregators import aggregate_fedavg, make_aggregator, proximal_term, weighted_average
+from fedalign_lite.federated.aggregators import aggregate_fedavg, make_aggregator, proximal_term, weighted_average
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.federated import ClientUpdate
+from fedalign_lite.federated.loop import ClientUpdate
 
 
 def _u(w, n):

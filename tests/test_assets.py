@@ -4,7 +4,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from fedalign_lite import assets
+from fedalign_lite.data import assets
 from fedalign_lite.errors import AssetNotFoundError, DataError
 
 

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from fedalign_lite import hub
-from fedalign_lite.aggregators import aggregate_fedavg
+from fedalign_lite.data import hub
+from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.config import FedConfig, get_preset
 from fedalign_lite.errors import CheckpointError, ConfigError, DataError, FedAlignError, check_probability_vector
-from fedalign_lite.federated import ClientUpdate, run_federated
-from fedalign_lite.models import check_compatible, load_model
+from fedalign_lite.federated.loop import ClientUpdate, run_federated
+from fedalign_lite.models.causal_lm import check_compatible, load_model
 
 
 def _write(name, text):

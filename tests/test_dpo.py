@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from fedalign_lite.chat import format_prompt
-from fedalign_lite.losses import dpo_loss, reward_accuracy, sequence_logps
-from fedalign_lite.models import load_model
-from fedalign_lite.preference import collate, review_pairs, tokenize_pair
+from fedalign_lite.data.chat import format_prompt
+from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
+from fedalign_lite.models.causal_lm import load_model
+from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
 
 BETA = 0.1
 

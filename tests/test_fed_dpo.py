@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fedalign_lite import fed_dpo
-from fedalign_lite.aggregators import weighted_average
+from fedalign_lite.algorithms import fed_dpo
+from fedalign_lite.federated.aggregators import weighted_average
 from fedalign_lite.config import get_preset
 
 CFG = get_preset("smoke")

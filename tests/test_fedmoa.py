@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedalign_lite import fedmoa as F
+from fedalign_lite.algorithms import fedmoa as F
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.federated import ClientUpdate
+from fedalign_lite.federated.loop import ClientUpdate
 
 CFG = F.get_preset("smoke")
 

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from fedalign_lite import fedpdpo as F
-from fedalign_lite.chat import format_prompt
+from fedalign_lite.algorithms import fedpdpo as F
+from fedalign_lite.data.chat import format_prompt
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.losses import sequence_logps
-from fedalign_lite.models import load_model
-from fedalign_lite.preference import collate, review_pairs, tokenize_pair
+from fedalign_lite.objectives.dpo import sequence_logps
+from fedalign_lite.models.causal_lm import load_model
+from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
 
 CFG = F.get_preset("smoke")
 

@@ -14,9 +14,9 @@ pytest.importorskip("flwr", reason="Flower is the optional extra [flower]: pip i
 
 from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 
-from fedalign_lite import flower  # noqa: E402
+from fedalign_lite.federated import flower  # noqa: E402
 from fedalign_lite.errors import ConfigError  # noqa: E402
-from fedalign_lite.federated import run_federated  # noqa: E402
+from fedalign_lite.federated.loop import run_federated  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_algorithm as toy  # noqa: E402
@@ -191,7 +191,7 @@ def test_algorithm_payloads_travel_as_records(rc, one_thread):
 SIMULATE = """
 import json, sys
 from safetensors.torch import save_file
-from fedalign_lite import flower
+from fedalign_lite.federated import flower
 run = flower.simulate(json.loads(sys.argv[1]))
 save_file({k: v.contiguous() for k, v in run.global_state.items()}, sys.argv[2] + "/global.safetensors")
 open(sys.argv[2] + "/history.json", "w").write(json.dumps(run.history))
@@ -209,7 +209,7 @@ def test_flower_simulation_equals_in_process_loop(rc, one_thread, tmp_path):
 
     from safetensors.torch import load_file
 
-    from fedalign_lite.federated import FederatedRun
+    from fedalign_lite.federated.loop import FederatedRun
 
     rc = {"preset": "smoke", **rc}
     proc = subprocess.run([sys.executable, "-c", SIMULATE, json.dumps(rc), str(tmp_path)], capture_output=True,

@@ -5,7 +5,12 @@ rates and sequence sizes are the gpu preset's own."""
 import pytest
 import torch
 
-from fedalign_lite import config, fed_dpo, fedmoa, fedpdpo, firm, pluralllm
+from fedalign_lite import config
+from fedalign_lite.algorithms import fed_dpo
+from fedalign_lite.algorithms import fedmoa
+from fedalign_lite.algorithms import fedpdpo
+from fedalign_lite.algorithms import firm
+from fedalign_lite.algorithms import pluralllm
 
 LAYERS = 30   # SmolLM2-135M
 
@@ -26,7 +31,7 @@ TINY = {
 @pytest.fixture
 def converted(smollm2_cache, monkeypatch):
     """The SmolLM2 cache, converted; afterwards a conversion (or any hub access) is an error."""
-    from fedalign_lite import models
+    from fedalign_lite.models import causal_lm as models
 
     monkeypatch.setenv("FEDALIGN_CACHE", str(smollm2_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fedalign_lite.grpo import group_advantages, grpo_loss, hypergradient_step
+from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
 
 
 def _trl_advantages(rewards, G):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fedalign_lite import hub
+from fedalign_lite.data import hub
 from fedalign_lite.errors import DataError
 
 

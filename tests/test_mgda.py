@@ -4,8 +4,8 @@ import pytest
 from scipy.optimize import minimize
 
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.metrics import cosine_disagreement, lambda_dispersion, total_variation, update_dispersion
-from fedalign_lite.mgda import fedcmoo_find_weights, mgda_weights, project_simplex
+from fedalign_lite.objectives.metrics import cosine_disagreement, lambda_dispersion, total_variation, update_dispersion
+from fedalign_lite.objectives.mgda import fedcmoo_find_weights, mgda_weights, project_simplex
 
 
 def _scipy_qp(gram, beta, p):

@@ -30,7 +30,7 @@ def test_base_install_does_not_need_flower():
         if path.name != "flower.py":
             assert not re.search(r"^\s*(import|from) (flwr|ray)\b", path.read_text(), flags=re.M), path.name
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
-        assert "flwr" not in nb.read_text() and "fedalign_lite.flower" not in nb.read_text(), nb.name
+        assert "flwr" not in nb.read_text() and "fedalign_lite.federated.flower" not in nb.read_text(), nb.name
 
 
 def test_ci_runs_the_readme_test_command():

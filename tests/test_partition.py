@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.partition import (client_histograms, format_histograms, partition_dirichlet, partition_iid,
+from fedalign_lite.data.partition import (client_histograms, format_histograms, partition_dirichlet, partition_iid,
                                      partition_natural)
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
-from fedalign_lite import pluralllm as P
-from fedalign_lite import survey
+from fedalign_lite.algorithms import pluralllm as P
+from fedalign_lite.data import survey
 from fedalign_lite.errors import ConfigError, DataError
-from fedalign_lite.federated import run_federated
-from fedalign_lite.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
-from fedalign_lite.metrics import (area_under_curve, fairness, js_distance, js_distance_segments,
+from fedalign_lite.federated.loop import run_federated
+from fedalign_lite.models.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
+from fedalign_lite.objectives.metrics import (area_under_curve, fairness, js_distance, js_distance_segments,
                                    steps_to_fraction)
 
 

@@ -4,7 +4,7 @@ import socket
 import time
 
 
-from fedalign_lite.sandbox import run_tests
+from fedalign_lite.objectives.sandbox import run_tests
 
 TESTS = [(2, 4), (3, 6)]
 

@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from fedalign_lite.aggregators import aggregate_fedavg
-from fedalign_lite.federated import ClientUpdate, Federation
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.federated.loop import ClientUpdate, Federation
 
 DIM, CLIENTS = 4, 3
 

@@ -1,4 +1,4 @@
 """The ClientApp: the algorithm's own client update for this SuperNode's partition-id."""
-from fedalign_lite.flower import make_client_app
+from fedalign_lite.federated.flower import make_client_app
 
 app = make_client_app()

@@ -1,4 +1,4 @@
 """The ServerApp: fedalign-lite's round loop with Flower messages as the transport."""
-from fedalign_lite.flower import make_server_app
+from fedalign_lite.federated.flower import make_server_app
 
 app = make_server_app()

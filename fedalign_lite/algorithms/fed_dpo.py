@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .aggregators import proximal_term
-from .federated import ClientUpdate, Federation, derive_seed
-from .losses import dpo_loss, reward_accuracy, sequence_logps
-from .models import get_adapter_state, named_lora_parameters, set_adapter_state
-from .preference import collate
+from fedalign_lite.federated.aggregators import proximal_term
+from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed
+from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
+from fedalign_lite.models.causal_lm import get_adapter_state, named_lora_parameters, set_adapter_state
+from fedalign_lite.data.preference import collate
 
 
 @torch.no_grad()
@@ -123,8 +123,8 @@ def pair_group(pair: dict, groups: int = 5) -> int:
 
 def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
     """Client index lists for ``pairs`` according to ``cfg.partition``."""
-    from .errors import ConfigError
-    from .partition import partition_dirichlet, partition_iid, partition_natural
+    from fedalign_lite.errors import ConfigError
+    from fedalign_lite.data.partition import partition_dirichlet, partition_iid, partition_natural
 
     labels = [pair_group(p) for p in pairs]
     if cfg.partition == "iid":
@@ -141,9 +141,9 @@ def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
 def federation(cfg, *, persistent_optimizer: bool = False, model_and_tok=None) -> Federation:
     """Federated DPO of ``cfg.model`` + LoRA on Rotten Tomatoes review pairs, as a
     :class:`~fedalign_lite.federated.Federation`; artifacts: model, tokenizer, client index lists."""
-    from .aggregators import make_aggregator
-    from .models import add_lora, load_model
-    from .preference import review_pairs, tokenize_pair
+    from fedalign_lite.federated.aggregators import make_aggregator
+    from fedalign_lite.models.causal_lm import add_lora, load_model
+    from fedalign_lite.data.preference import review_pairs, tokenize_pair
 
     model, tok = model_and_tok or load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -28,16 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .aggregators import weighted_average
-from .config import ValidatedConfig, check_model_name
-from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, Federation, client_metric, derive_seed
-from .grpo import group_advantages, grpo_loss, hypergradient_step
-from .models import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
-from .parallel import map_processes
-from .rollout import rollout_token_logps, sample
-from .sandbox import run_tests
-from .tasks import arithmetic_problem, code_task, parse_answer
+from fedalign_lite.federated.aggregators import weighted_average
+from fedalign_lite.config import ValidatedConfig, check_model_name
+from fedalign_lite.errors import ConfigError, check_choice
+from fedalign_lite.federated.loop import ClientUpdate, Federation, client_metric, derive_seed
+from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
+from fedalign_lite.models.causal_lm import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
+from fedalign_lite.federated.workers import map_processes
+from fedalign_lite.models.rollout import rollout_token_logps, sample
+from fedalign_lite.objectives.sandbox import run_tests
+from fedalign_lite.data.tasks import arithmetic_problem, code_task, parse_answer
 
 METHODS = ("fedavg", "hyper_only", "agg_only", "fedmoa")
 TASKS = ("math", "code")
@@ -297,7 +297,7 @@ def make_evaluate(policy, tok, cfg: MOAConfig):
 def make_check_update(clients: list[Client], global_state: dict, cfg: MOAConfig):
     """FedMOA's checks on arrival: the sender's id and task agree with the client table, the adapter is
     exactly that task's, and a client-reported accuracy lies in [0, 1]."""
-    from .errors import PayloadError
+    from fedalign_lite.errors import PayloadError
 
     def check_update(update: ClientUpdate) -> None:
         cid = update.metrics.get("client")
@@ -367,7 +367,7 @@ def metrics_table(results: dict) -> dict:
     """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
     from scipy.stats import pearsonr
 
-    from .metrics import mean_std
+    from fedalign_lite.objectives.metrics import mean_std
 
     final = lambda m, k: mean_std([r["history"][-1][k] for r in results[m]])  # noqa: E731
     table = {f"acc_{m}": final(m, "acc") for m in METHODS}

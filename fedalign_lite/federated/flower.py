@@ -34,12 +34,12 @@ try:
     from flwr.common.logger import log as flwr_log
     from flwr.serverapp import Grid, ServerApp
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("fedalign_lite.flower needs Flower, an optional extra: pip install -e '.[flower]' "
+    raise ImportError("fedalign_lite.federated.flower needs Flower, an optional extra: pip install -e '.[flower]' "
                       "(or `make env`, which installs it)") from e
 
-from .checkpoint import flatten, unflatten
-from .errors import ConfigError, FedAlignError, PayloadError
-from .federated import ClientContext, ClientUpdate, Federation, derive_seed, run_federated, seed_everything
+from fedalign_lite.federated.checkpoint import flatten, unflatten
+from fedalign_lite.errors import ConfigError, FedAlignError, PayloadError
+from fedalign_lite.federated.loop import ClientContext, ClientUpdate, Federation, derive_seed, run_federated, seed_everything
 
 ADAPTER_KEYS = ("algorithm", "preset", "run-dir", "output-dir", "round-timeout", "node-timeout")
 """Run-config keys the adapter reads itself; every other key overrides a config field ('-' -> '_')."""
@@ -48,7 +48,12 @@ ADAPTER_KEYS = ("algorithm", "preset", "run-dir", "output-dir", "round-timeout",
 # ----------------------------------------------------------------------------- run config -> run --
 
 def _algorithms() -> dict:
-    from . import config, fed_dpo, fedmoa, fedpdpo, firm, pluralllm
+    from fedalign_lite import config
+    from fedalign_lite.algorithms import fed_dpo
+    from fedalign_lite.algorithms import fedmoa
+    from fedalign_lite.algorithms import fedpdpo
+    from fedalign_lite.algorithms import firm
+    from fedalign_lite.algorithms import pluralllm
 
     def pdpo(cfg, rc):
         return fedpdpo.federation(cfg, str(rc.get("method", "fedpdpo")), str(rc.get("setting", "noniid")))

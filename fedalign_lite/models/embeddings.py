@@ -17,8 +17,8 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from .assets import minilm_embedder
-from .models import cache_dir, load_model
+from fedalign_lite.data.assets import minilm_embedder
+from fedalign_lite.models.causal_lm import cache_dir, load_model
 
 
 def option_prompts(record: dict) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .errors import check_positive
+from fedalign_lite.errors import check_positive
 
 
 def _single_threaded(fn: Callable, arg):

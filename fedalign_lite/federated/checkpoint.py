@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from fedalign_lite.errors import CheckpointError
 
 
 def flatten(obj, tensors: dict, prefix: str = "t"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, check_choice
+from fedalign_lite.errors import ConfigError, check_choice
 
 
 def weighted_average(states: list[dict], weights: list[float]) -> dict:

@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aggregators import aggregate_fedavg
-from .config import ValidatedConfig, check_model_name
-from .errors import ConfigError, check_choice
-from .fed_dpo import batch_indices, pair_group, reference_logps
-from .federated import ClientUpdate, Federation, derive_seed
-from .losses import completion_logps, dpo_loss, reward_accuracy
-from .models import add_lora, get_adapter_state, load_model, set_adapter_state
-from .partition import partition_dirichlet, partition_iid
-from .preference import code_pairs, collate, math_pairs, review_pairs, tokenize_pair
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.config import ValidatedConfig, check_model_name
+from fedalign_lite.errors import ConfigError, check_choice
+from fedalign_lite.algorithms.fed_dpo import batch_indices, pair_group, reference_logps
+from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed
+from fedalign_lite.objectives.dpo import completion_logps, dpo_loss, reward_accuracy
+from fedalign_lite.models.causal_lm import add_lora, get_adapter_state, load_model, set_adapter_state
+from fedalign_lite.data.partition import partition_dirichlet, partition_iid
+from fedalign_lite.data.preference import code_pairs, collate, math_pairs, review_pairs, tokenize_pair
 
 
 @dataclass(frozen=True)
@@ -419,7 +419,7 @@ def run_experiment(cfg: PDPOConfig, seeds: list[int], progress: bool = True) -> 
 
 def metrics_table(runs: dict) -> dict:
     """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds (final-round accuracy)."""
-    from .metrics import mean_std
+    from fedalign_lite.objectives.metrics import mean_std
 
     final = lambda setting, method, col="acc": mean_std([m[col].iloc[-1] for m in runs[(setting, method)]])  # noqa: E731
     table = {"acc_iid_fedavg": final("iid", "fedavg")}

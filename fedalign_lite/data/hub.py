@@ -20,8 +20,8 @@ import ast
 import re
 from pathlib import Path
 
-from .assets import require_columns
-from .errors import DataError
+from fedalign_lite.data.assets import require_columns
+from fedalign_lite.errors import DataError
 
 _LOCAL = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

@@ -5,13 +5,13 @@ An algorithm supplies two functions:
 * ``client_update(ctx: ClientContext) -> ClientUpdate`` -- local training on client ``ctx.client_id``
   starting from ``ctx.global_state``, with its persistent ``ctx.personal_state``;
 * ``aggregate(global_state, updates, server_state) -> (global_state, server_state)``
-  (see :mod:`fedalign_lite.aggregators`);
+  (see :mod:`fedalign_lite.federated.aggregators`);
 
 and, for two-phase algorithms (FedCMOO-A), a client ``phase1(ctx) -> {name: tensor}`` uploaded before
 training and a server ``combine_phase1(round, {client: payload}, server_state) -> (broadcast,
 server_state)`` whose ``broadcast`` reaches every client as ``ctx.broadcast``. A :class:`Federation`
 bundles them; the same bundle runs in this process (:func:`run_federated`) or on Flower
-(:mod:`fedalign_lite.flower`), where only the transport of messages differs.
+(:mod:`fedalign_lite.federated.flower`), where only the transport of messages differs.
 
 Per round: sample clients (seeded by (seed, round)); for each, seed every RNG from
 (seed, round, client) and call ``client_update`` on private copies; drop clients that raise or
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import AllClientsFailedError, CheckpointError, PayloadError, check_positive
+from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
+from fedalign_lite.errors import AllClientsFailedError, CheckpointError, PayloadError, check_positive
 
 SCALAR_BYTES = 8   # a metric or a sample count crosses the network as one float64/int64
 
@@ -146,7 +146,7 @@ def check_tensors(what: str, tensors: dict) -> None:
 @dataclass
 class Federation:
     """One algorithm run, as the round loop needs it: built once per process by an algorithm's
-    ``federation(cfg)``, run in process by :meth:`run` or on Flower by :mod:`fedalign_lite.flower`.
+    ``federation(cfg)``, run in process by :meth:`run` or on Flower by :mod:`fedalign_lite.federated.flower`.
 
     ``check_update(update)`` and ``check_phase1(payload)`` add the algorithm's own checks (raise
     :class:`PayloadError`) to :func:`check_upload`; ``artifacts`` holds what callers inspect after
@@ -260,7 +260,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
         check_update, check_phase1: the algorithm's own payload checks, run on arrival after
             :func:`check_upload` / :func:`check_tensors`; a payload that fails drops its client.
         transport: who runs the clients: ``None`` runs ``client_update`` here (:class:`InProcessClients`);
-            :class:`fedalign_lite.flower.FlowerClients` sends them Flower messages (personal states
+            :class:`fedalign_lite.federated.flower.FlowerClients` sends them Flower messages (personal states
             then stay on the clients, so ``evaluate`` sees ``{}``).
     """
     check_positive("num_clients", num_clients, integer=True)

@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .aggregators import aggregate_fedavg
-from .config import MODELS, ValidatedConfig
-from .embeddings import option_embeddings
-from .errors import ConfigError, check_choice, check_positive
-from .federated import ClientUpdate, Federation, clone_state, derive_seed, seed_everything
-from .gpo import GPO, gpo_loss, make_batch, sample_context_targets
-from .metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.config import MODELS, ValidatedConfig
+from fedalign_lite.models.embeddings import option_embeddings
+from fedalign_lite.errors import ConfigError, check_choice, check_positive
+from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state, derive_seed, seed_everything
+from fedalign_lite.models.gpo import GPO, gpo_loss, make_batch, sample_context_targets
+from fedalign_lite.objectives.metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
                       steps_to_fraction)
-from .parallel import map_processes
-from .survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
+from fedalign_lite.federated.workers import map_processes
+from fedalign_lite.data.survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
 
 # The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
 GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "Germany", "United States",
@@ -135,7 +135,7 @@ def load_data(cfg: PluralConfig) -> GroupData:
     if cfg.data == "gss":
         records, train, held = gss_opinions(), TRAIN_GROUPS, EVAL_GROUPS
     else:
-        from .hub import load_global_opinions
+        from fedalign_lite.data.hub import load_global_opinions
 
         records, train, held = load_global_opinions(cfg.data), GLOBALQA_TRAIN, GLOBALQA_EVAL
         # PluralLLM keeps the questions every one of its 14 countries answered (PAPERS.md 2.2)
@@ -374,7 +374,7 @@ def _run_seed(cfg: PluralConfig) -> dict:
 
 def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
     """FedAvg, centralized and compute-matched centralized GPO for each seed, seeds in ``workers``
-    processes (:func:`~fedalign_lite.parallel.map_processes`; the numbers do not depend on it).
+    processes (:func:`~fedalign_lite.federated.workers.map_processes`; the numbers do not depend on it).
 
     Returns ``{"data", "histories": {method: [history per seed]}, "models": {method: model of the
     first seed}, "summary": {method: [summarize(history) per seed]}}``.

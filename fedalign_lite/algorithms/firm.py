@@ -25,18 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .aggregators import aggregate_fedavg
-from .assets import asdiv, harmful_prompts, rotten_tomatoes, truthfulqa
-from .config import ValidatedConfig, check_model_name
-from .errors import ConfigError, check_choice
-from .federated import ClientUpdate, Federation, client_metric
-from .metrics import cosine_disagreement, lambda_dispersion, update_dispersion
-from .mgda import fedcmoo_find_weights, mgda_weights
-from .parallel import map_processes
-from .models import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
-from .partition import partition_dirichlet, partition_iid
-from .rewards import REFERENCE, client_reward_models
-from .rollout import rollout_logps, sample
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.data.assets import asdiv, harmful_prompts, rotten_tomatoes, truthfulqa
+from fedalign_lite.config import ValidatedConfig, check_model_name
+from fedalign_lite.errors import ConfigError, check_choice
+from fedalign_lite.federated.loop import ClientUpdate, Federation, client_metric
+from fedalign_lite.objectives.metrics import cosine_disagreement, lambda_dispersion, update_dispersion
+from fedalign_lite.objectives.mgda import fedcmoo_find_weights, mgda_weights
+from fedalign_lite.federated.workers import map_processes
+from fedalign_lite.models.causal_lm import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
+from fedalign_lite.data.partition import partition_dirichlet, partition_iid
+from fedalign_lite.models.rewards import REFERENCE, client_reward_models
+from fedalign_lite.models.rollout import rollout_logps, sample
 
 METHODS = ("firm", "fedcmoo", "fedavg")
 
@@ -233,7 +233,7 @@ def make_fedcmoo_combine(cfg: FIRMConfig):
 
 def make_payload_checks(num_params: int, objectives: int = 2):
     """FIRM's checks on arrival: lambda_help in [0, 1]; a phase-1 upload is exactly g0..g{M-1}, each (d,)."""
-    from .errors import PayloadError
+    from fedalign_lite.errors import PayloadError
 
     def check_update(update: ClientUpdate) -> None:
         lam = update.metrics.get("lambda_help")
@@ -347,7 +347,7 @@ def metrics_table(results: dict, cfg: FIRMConfig) -> dict:
     """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
     from scipy.stats import spearmanr
 
-    from .metrics import mean_std, total_variation
+    from fedalign_lite.objectives.metrics import mean_std, total_variation
 
     col = lambda name, f: mean_std([f(r) for r in results[name]])  # noqa: E731
     curve = lambda r, k: [h[k] for h in r["history"]]  # noqa: E731

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError, check_positive
+from fedalign_lite.errors import ConfigError, check_positive
 
 
 def partition_iid(n_items: int, num_clients: int, seed: int = 0) -> list[np.ndarray]:
@@ -66,19 +66,3 @@ def format_histograms(labels, parts: list[np.ndarray]) -> str:
     rows = [f"{k:>6} " + " ".join(f"{c:>8}" for c in row) + f" {row.sum():>8}" for k, row in enumerate(counts)]
     return "\n".join([head] + rows)
 
-
-def plot_histograms(labels, parts: list[np.ndarray], ax=None, title: str = ""):
-    """Stacked bars: one bar per client, one colour per label."""
-    import matplotlib.pyplot as plt
-
-    values, counts = client_histograms(labels, parts)
-    ax = ax or plt.gca()
-    bottom = np.zeros(len(parts))
-    for j, v in enumerate(values):
-        ax.bar(range(len(parts)), counts[:, j], bottom=bottom, label=str(v))
-        bottom += counts[:, j]
-    ax.set_xlabel("client")
-    ax.set_ylabel("items")
-    ax.set_title(title)
-    ax.legend(fontsize=7, title="label")
-    return ax

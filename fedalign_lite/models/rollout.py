@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .chat import format_prompt
+from fedalign_lite.data.chat import format_prompt
 
 
 @dataclass

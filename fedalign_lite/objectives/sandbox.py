@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from .errors import check_positive
+from fedalign_lite.errors import check_positive
 
 _RUNNER = r'''
 import json, os, sys

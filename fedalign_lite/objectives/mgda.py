@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError, check_positive, check_probability_vector
+from fedalign_lite.errors import ConfigError, check_positive, check_probability_vector
 
 
 def project_simplex(v) -> np.ndarray:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AssetNotFoundError, DataError
+from fedalign_lite.errors import AssetNotFoundError, DataError
 
 
 @dataclass(frozen=True)

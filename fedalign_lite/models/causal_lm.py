@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .assets import asset_path
-from .errors import ConfigError
+from fedalign_lite.data.assets import asset_path
+from fedalign_lite.errors import ConfigError
 
-WEIGHTS_DIR = Path(__file__).parent / "weights" / "fedalign-base"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "fedalign-base"
 
 
 def cache_dir() -> Path:
@@ -28,11 +28,11 @@ def cache_dir() -> Path:
 
 
 def load_tokenizer(path: str | Path = WEIGHTS_DIR):
-    """The project's BPE tokenizer (special tokens from :mod:`fedalign_lite.chat`)."""
+    """The project's BPE tokenizer (special tokens from :mod:`fedalign_lite.data.chat`)."""
     from transformers import PreTrainedTokenizerFast
 
     if not (Path(path) / "tokenizer.json").exists():
-        raise ConfigError(f"no tokenizer.json in {path}; run `python -m fedalign_lite.base_model` to build it")
+        raise ConfigError(f"no tokenizer.json in {path}; run `python -m fedalign_lite.recipes.base_model` to build it")
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 

@@ -6,8 +6,8 @@ import random
 
 import torch
 
-from . import assets
-from .chat import format_prompt
+from fedalign_lite.data import assets
+from fedalign_lite.data.chat import format_prompt
 
 
 def review_pairs(seed: int = 0) -> list[dict]:
@@ -84,7 +84,7 @@ def _broken_code(solution: str, rng: random.Random) -> str:
 
 def code_pairs(n: int, seed: int = 0) -> list[dict]:
     """Code preference pairs: a correct one-line function is chosen over a subtly broken one."""
-    from .tasks import code_task
+    from fedalign_lite.data.tasks import code_task
 
     rng = random.Random(seed)
     tasks = [code_task(rng) for _ in range(n)]
@@ -94,7 +94,7 @@ def code_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def math_pairs(n: int, seed: int = 0) -> list[dict]:
     """Math preference pairs: the worked answer is chosen over the same text with a wrong result."""
-    from .tasks import arithmetic_problem
+    from fedalign_lite.data.tasks import arithmetic_problem
 
     rng = random.Random(seed)
     out = []
