@@ -101,7 +101,7 @@ def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) 
 
 
 def main() -> dict:
-    from fedalign_lite.config import get_preset
+    from fedalign_lite.algorithms.fed_dpo import get_preset
     from fedalign_lite.data.preference import review_pairs
 
     torch.set_num_threads(2)

@@ -7,9 +7,9 @@ import torch
 
 from fedalign_lite.data import hub
 from fedalign_lite.federated.aggregators import aggregate_fedavg
-from fedalign_lite.config import FedConfig, get_preset
+from fedalign_lite.algorithms.fed_dpo import FedDPOConfig, get_preset
 from fedalign_lite.errors import CheckpointError, ConfigError, DataError, FedAlignError, check_probability_vector
-from fedalign_lite.federated.loop import ClientUpdate, run_federated
+from fedalign_lite.federated.loop import ClientUpdate, Federation, run_federated
 from fedalign_lite.models.causal_lm import check_compatible, load_model
 
 
@@ -21,8 +21,9 @@ def _write(name, text):
 
 
 def _fed(d):
-    return run_federated(lambda ctx: ClientUpdate(ctx.global_state, 1), aggregate_fedavg, {"w": torch.zeros(2)},
-                         num_clients=1, rounds=1, run_dir=d, progress=False)
+    fed = Federation(lambda ctx: ClientUpdate(ctx.global_state, 1), aggregate_fedavg, {"w": torch.zeros(2)},
+                     num_clients=1, rounds=1)
+    return run_federated(fed, run_dir=d, progress=False)
 
 
 def _mismatch(_):
@@ -33,17 +34,17 @@ def _mismatch(_):
 
 CASES = [  # id, setup(dir) -> file or None, call(dir), error type, regex the message must match
     ("unknown preset", None, lambda d: get_preset("huge"), ConfigError, r"preset='huge'.*\['smoke', 'cpu', 'gpu'\]"),
-    ("unknown model", None, lambda d: FedConfig(model="gpt9"), ConfigError, r"model='gpt9'.*'fedalign-base'.*hub:"),
+    ("unknown model", None, lambda d: FedDPOConfig(model="gpt9"), ConfigError, r"model='gpt9'.*'fedalign-base'.*hub:"),
     ("unknown model at load", None, lambda d: load_model("gpt9"), ConfigError, r"model='gpt9'.*'random-tiny'"),
-    ("unknown aggregator", None, lambda d: FedConfig(aggregator="fedsgd"), ConfigError, r"aggregator='fedsgd'.*'fedadam'"),
-    ("unknown partition", None, lambda d: FedConfig(partition="zipf"), ConfigError, r"partition='zipf'.*'dirichlet'"),
-    ("zero rounds", None, lambda d: FedConfig(rounds=0), ConfigError, r"rounds must be an integer > 0, got 0"),
-    ("negative clients", None, lambda d: FedConfig(num_clients=-2), ConfigError, r"num_clients must be an integer > 0"),
-    ("zero alpha", None, lambda d: FedConfig(alpha=0.0), ConfigError, r"alpha must be a number > 0, got 0.0"),
-    ("string lr", None, lambda d: FedConfig(lr="fast"), ConfigError, r"lr must be a number, got 'fast'"),
-    ("too many sampled", None, lambda d: FedConfig(num_clients=2, clients_per_round=3), ConfigError,
+    ("unknown aggregator", None, lambda d: FedDPOConfig(aggregator="fedsgd"), ConfigError, r"aggregator='fedsgd'.*'fedadam'"),
+    ("unknown partition", None, lambda d: FedDPOConfig(partition="zipf"), ConfigError, r"partition='zipf'.*'dirichlet'"),
+    ("zero rounds", None, lambda d: FedDPOConfig(rounds=0), ConfigError, r"rounds must be an integer > 0, got 0"),
+    ("negative clients", None, lambda d: FedDPOConfig(num_clients=-2), ConfigError, r"num_clients must be an integer > 0"),
+    ("zero alpha", None, lambda d: FedDPOConfig(alpha=0.0), ConfigError, r"alpha must be a number > 0, got 0.0"),
+    ("string lr", None, lambda d: FedDPOConfig(lr="fast"), ConfigError, r"lr must be a number, got 'fast'"),
+    ("too many sampled", None, lambda d: FedDPOConfig(num_clients=2, clients_per_round=3), ConfigError,
      r"clients_per_round=3 must be <= num_clients=2"),
-    ("fedprox without mu", None, lambda d: FedConfig(aggregator="fedprox"), ConfigError, r"needs prox_mu > 0"),
+    ("fedprox without mu", None, lambda d: FedDPOConfig(aggregator="fedprox"), ConfigError, r"needs prox_mu > 0"),
     ("unknown field", None, lambda d: get_preset("cpu", round=3), ConfigError, r"unknown config field.*'rounds'"),
     ("negative preference", None, lambda d: check_probability_vector("p", [-0.2, 1.2], length=2), ConfigError,
      r"p entries must be >= 0"),

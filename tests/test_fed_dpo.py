@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fedalign_lite.algorithms import fed_dpo
+from fedalign_lite.algorithms.fed_dpo import get_preset
 from fedalign_lite.federated.aggregators import weighted_average
-from fedalign_lite.config import get_preset
 
 CFG = get_preset("smoke")
 
@@ -15,7 +15,7 @@ def smoke_run():
 
 
 def test_upload_is_exactly_the_lora_state_and_differs_from_download(smoke_run):
-    run, model, tok, parts = smoke_run
+    run = smoke_run
     keys = set(run.global_state)
     assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
     # LoRA B starts at 0; after training the global adapter moved
@@ -26,22 +26,26 @@ def test_upload_is_exactly_the_lora_state_and_differs_from_download(smoke_run):
     assert h["bytes_up"] == CFG.clients_per_round * (n_bytes + 8 * 3)   # + num_samples, loss, reward_acc
 
 
+def _without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
 def test_same_seed_same_numbers(smoke_run):
-    again, *_ = fed_dpo.run(CFG, progress=False)
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    assert strip(again.history) == strip(smoke_run[0].history)
+    again = fed_dpo.run(CFG, progress=False)
+    assert _without_time(again.history) == _without_time(smoke_run.history)
 
 
 def test_fedavg_of_identical_adapters_is_the_adapter(smoke_run):
-    s = smoke_run[0].global_state
+    s = smoke_run.global_state
     out = weighted_average([s, s], [3, 5])
     assert all(torch.allclose(out[k], s[k], atol=1e-7) for k in s)
 
 
 def test_one_client_equals_centralized_training():
     cfg = CFG.replace(num_clients=1, clients_per_round=1, rounds=3, local_steps=2)
-    fed, *_ = fed_dpo.run(cfg, persistent_optimizer=True, progress=False)
-    central, *_ = fed_dpo.run(cfg.replace(rounds=1, local_steps=6), persistent_optimizer=True, progress=False)
+    cfg = cfg.replace(persistent_optimizer=True)
+    fed = fed_dpo.run(cfg, progress=False)
+    central = fed_dpo.run(cfg.replace(rounds=1, local_steps=6), progress=False)
     for k in fed.global_state:
         torch.testing.assert_close(fed.global_state[k], central.global_state[k], rtol=1e-5, atol=1e-6)
     assert fed.personal_states[0]["losses"] == pytest.approx(central.personal_states[0]["losses"], rel=1e-5)

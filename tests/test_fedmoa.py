@@ -41,19 +41,20 @@ def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
     accs = {0: 0.0, 1: 0.5, 2: 0.25, 3: 0.75}
     monkeypatch.setattr(F, "set_adapter_state", lambda policy, state: policy.__setitem__("cid", int(state["w"].item())))
     monkeypatch.setattr(F, "accuracy", lambda policy, tok, tasks, kind, cfg: accs[policy["cid"]])
-    aggregate = F.make_aggregate({}, None, clients, cfg)
-    updates = [ClientUpdate({f"{c.task}/w": torch.tensor([float(i)])}, n, {"client": i, "task": F.TASKS.index(c.task)})
+    aggregate = F.make_accuracy_aware_aggregate({}, None, clients, cfg)
+    # the loop sets client_id from the transport; the client sends no id or task of its own
+    updates = [ClientUpdate({f"{c.task}/w": torch.tensor([float(i)])}, n, {}, client_id=i)
                for i, (c, n) in enumerate(zip(clients, [10, 10, 10, 30]))]
     new, state = aggregate({}, updates, {})
     # math: client 0 has accuracy 0 -> all weight on client 1; code: n*a = 2.5 vs 22.5 -> 0.1 / 0.9
     assert state["agg_weights"][0].tolist() == pytest.approx([0.0, 1.0, 0.1, 0.9])
     assert new["math/w"].item() == pytest.approx(1.0) and new["code/w"].item() == pytest.approx(0.1 * 2 + 0.9 * 3)
-    own = F.make_aggregate({}, None, clients, cfg.replace(accuracy_source="client"))
+    own = F.make_accuracy_aware_aggregate({}, None, clients, cfg.replace(accuracy_source="client"))
     for u, a in zip(updates, [0.5, 0.5, 1.0, 0.0]):       # the clients' own (possibly noisy) accuracies
         u.metrics["val_acc"] = a
     _, state = own({}, updates, {})
     assert state["agg_weights"][0].tolist() == pytest.approx([0.5, 0.5, 1.0, 0.0])
-    fedavg = F.make_aggregate({}, None, clients, cfg.replace(method="fedavg"))
+    fedavg = F.make_fedavg_aggregate(cfg.replace(method="fedavg"))
     new, state = fedavg({}, updates, {})
     assert state["agg_weights"][0].tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
     assert new["math/w"].item() == new["code/w"].item() == pytest.approx((0 + 1 + 2 + 3 * 3) / 6)
@@ -61,7 +62,7 @@ def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runs():
-    return {m: F.run(CFG.replace(method=m), progress=False)[0] for m in ("fedavg", "fedmoa")}
+    return {m: F.run(CFG.replace(method=m), progress=False) for m in ("fedavg", "fedmoa")}
 
 
 def test_runs_log_weights_saturation_and_aggregation(runs):
@@ -75,7 +76,7 @@ def test_runs_log_weights_saturation_and_aggregation(runs):
 def test_each_client_downloads_and_uploads_its_task_adapter_plus_scalars(runs):
     run = runs["fedmoa"]
     per_task = sum(v.numel() * v.element_size() for k, v in run.global_state.items() if k.startswith("math/"))
-    scalars = 8 * (1 + 7)                               # n_i; client, task, 3 weights, 2 saturations
+    scalars = 8 * (1 + 5)                               # n_i; 3 weights, 2 saturations (no id: the loop knows)
     assert run.history[1]["bytes_up"] == CFG.num_clients * (per_task + scalars)
     assert run.history[1]["bytes_down"] == CFG.num_clients * per_task    # its task's model, not both
 

@@ -11,7 +11,7 @@ from fedalign_lite.data.chat import format_prompt
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.objectives.dpo import sequence_logps
 from fedalign_lite.models.causal_lm import load_model
-from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
+from fedalign_lite.data.preference import client_preference_pairs, collate, critic_clients, review_pairs, tokenize_pair
 
 CFG = F.get_preset("smoke")
 
@@ -89,7 +89,7 @@ def test_zero_initialised_adapter_and_copied_head_leave_the_model_unchanged(pair
 
 @pytest.fixture(scope="module")
 def fedpdpo_run():
-    return F.run(CFG, "fedpdpo", "noniid", progress=False)[0]
+    return F.run(CFG.replace(method="fedpdpo", setting="noniid"), progress=False)
 
 
 def test_only_lora_leaves_a_client(fedpdpo_run):
@@ -122,28 +122,28 @@ def test_personal_modules_are_untouched_by_aggregation(fedpdpo_run):
 
 
 def test_reference_global_starts_each_round_at_ln2():
-    run, _ = F.run(CFG.replace(reference="global", local_steps=1, rounds=1), "fedper", "iid", progress=False)
+    run = F.run(CFG.replace(reference="global", local_steps=1, rounds=1, method="fedper", setting="iid"), progress=False)
     assert run.history[1]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
-    base, _ = F.run(CFG.replace(local_steps=1, rounds=1), "fedper", "iid", progress=False)
+    base = F.run(CFG.replace(local_steps=1, rounds=1, method="fedper", setting="iid"), progress=False)
     assert base.history[1]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)   # round 1: global = base
-    two, _ = F.run(CFG.replace(reference="global", local_steps=1, rounds=2), "fedper", "iid", progress=False)
-    two_base, _ = F.run(CFG.replace(local_steps=1, rounds=2), "fedper", "iid", progress=False)
+    two = F.run(CFG.replace(reference="global", local_steps=1, rounds=2, method="fedper", setting="iid"), progress=False)
+    two_base = F.run(CFG.replace(local_steps=1, rounds=2, method="fedper", setting="iid"), progress=False)
     assert two.history[2]["client_dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert abs(two_base.history[2]["client_dpo_loss"] - math.log(2)) > 1e-6
 
 
 def test_data_constructions():
     cfg = CFG.replace(num_clients=5, critic_fraction=0.4)
-    iid_train, iid_held, _ = F.client_pairs(cfg, "iid")
-    non_train, _, names = F.client_pairs(cfg, "noniid")
-    critics = F.critic_clients(cfg)
+    iid_train, iid_held, _ = client_preference_pairs(cfg, "iid")
+    non_train, _, names = client_preference_pairs(cfg, "noniid")
+    critics = critic_clients(cfg)
     assert len(critics) == 2 and sum("critic" in n for n in names) == 2
     originals = {(p["movie"], p["chosen"], p["rejected"]) for p in review_pairs(cfg.seed)}
     for c, ps in enumerate(non_train):
         flipped = [(p["movie"], p["rejected"], p["chosen"]) in originals for p in ps]
         assert all(flipped) if c in critics else not any(flipped)
     assert all(len(t) == cfg.pairs_per_client and len(h) == cfg.eval_per_client for t, h in zip(iid_train, iid_held))
-    cross, _, names = F.client_pairs(cfg, "cross")
+    cross, _, names = client_preference_pairs(cfg, "cross")
     assert names == ["reviews", "code", "math"] and "def " in cross[1][0]["chosen"]
 
 
@@ -160,6 +160,6 @@ def test_bad_config_names_the_field(field, value, match):
 
 def test_unknown_method_or_setting_is_a_clear_error():
     with pytest.raises(ConfigError, match="method='fedx' is not allowed"):
-        F.run(CFG, "fedx", "iid", progress=False)
+        CFG.replace(method="fedx")
     with pytest.raises(ConfigError, match="setting='mixed' is not allowed"):
-        F.client_pairs(CFG, "mixed")
+        CFG.replace(setting="mixed")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedalign_lite import algorithms
 from fedalign_lite.algorithms import firm as F
 from fedalign_lite.models import rewards as R
 from fedalign_lite.errors import ConfigError
@@ -67,7 +68,8 @@ def test_apply_step_is_plain_ascent():
 
 @pytest.fixture(scope="module")
 def runs():
-    return {m: F.run(CFG.replace(method=m), progress=False)[0] for m in F.METHODS}
+    return {name: algorithms.get(alg).run(CFG, progress=False)
+            for name, alg in (("firm", "firm"), ("fedcmoo", "fedcmoo-a"), ("fedavg", "fedavg-fixed-p"))}
 
 
 def test_communication_bytes_are_exact(runs):
@@ -88,12 +90,11 @@ def test_drift_rows_and_fixed_weights(runs):
 
 
 def test_large_beta_pins_every_client_to_p():
-    run, *_ = F.run(CFG.replace(beta=1e9, pref=0.3, rounds=1), progress=False)
+    run = F.run(CFG.replace(beta=1e9, pref=0.3, rounds=1), progress=False)
     assert [x["client_lambda_help"] for x in run.client_log] == pytest.approx([0.3] * CFG.num_clients, abs=1e-6)
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("method", "fsmgda", "method='fsmgda' is not allowed"),
     ("pref", 1.5, "pref must be in"),
     ("partition", "groups", "partition='groups' is not allowed"),
     ("beta", -0.1, "beta must be"),

@@ -5,21 +5,17 @@ rates and sequence sizes are the gpu preset's own."""
 import pytest
 import torch
 
-from fedalign_lite import config
-from fedalign_lite.algorithms import fed_dpo
-from fedalign_lite.algorithms import fedmoa
-from fedalign_lite.algorithms import fedpdpo
-from fedalign_lite.algorithms import firm
-from fedalign_lite.algorithms import pluralllm
+from fedalign_lite.algorithms import fed_dpo, fedmoa, fedpdpo, firm, pluralllm
+from fedalign_lite.models import causal_lm
 
 LAYERS = 30   # SmolLM2-135M
 
 TINY = {
-    "fed-dpo": (lambda: fed_dpo.federation(config.get_preset(
+    "fed-dpo": (lambda: fed_dpo.federation(fed_dpo.get_preset(
         "gpu", num_clients=2, clients_per_round=2, rounds=1, local_steps=1, batch_size=2, num_pairs=8, eval_pairs=4))),
     "fedpdpo": (lambda: fedpdpo.federation(fedpdpo.get_preset(
-        "gpu", num_clients=4, rounds=1, local_steps=1, batch_size=2, pairs_per_client=4, eval_per_client=2),
-        "fedpdpo", "noniid")),
+        "gpu", num_clients=4, rounds=1, local_steps=1, batch_size=2, pairs_per_client=4, eval_per_client=2,
+        method="fedpdpo", setting="noniid"))),
     "firm": (lambda: firm.federation(firm.get_preset(
         "gpu", num_clients=2, rounds=1, local_steps=1, batch_size=2, max_new_tokens=4, prompts_per_client=4,
         eval_prompts=2))),
@@ -31,13 +27,11 @@ TINY = {
 @pytest.fixture
 def converted(smollm2_cache, monkeypatch):
     """The SmolLM2 cache, converted; afterwards a conversion (or any hub access) is an error."""
-    from fedalign_lite.models import causal_lm as models
-
     monkeypatch.setenv("FEDALIGN_CACHE", str(smollm2_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = models._smollm2_dir()
+    path = causal_lm._smollm2_dir()
     assert (path / "model.safetensors").exists()
-    monkeypatch.setattr(models, "asset_path", lambda *a: pytest.fail("the GGUF was converted again"))
+    monkeypatch.setattr(causal_lm, "asset_path", lambda *a: pytest.fail("the GGUF was converted again"))
     return path
 
 

@@ -9,9 +9,11 @@ import torch
 from scipy.spatial.distance import jensenshannon
 
 from fedalign_lite.algorithms import pluralllm as P
+from fedalign_lite.experiments import pluralllm as experiment
 from fedalign_lite.data import survey
 from fedalign_lite.errors import ConfigError, DataError
-from fedalign_lite.federated.loop import run_federated
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.federated.loop import Federation, run_federated
 from fedalign_lite.models.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
 from fedalign_lite.objectives.metrics import (area_under_curve, fairness, js_distance, js_distance_segments,
                                    steps_to_fraction)
@@ -185,7 +187,7 @@ def test_global_opinions_schema_runs_through_the_same_code(tmp_path, monkeypatch
     cfg = P.get_preset("smoke", data=str(path), eval_context=10)
     data = P.load_data(cfg)
     assert data.train_groups == P.GLOBALQA_TRAIN and len(data.records) == 24
-    run, _ = P.run_federated_gpo(cfg.replace(rounds=1), data, progress=False)
+    run = P.run(cfg.replace(rounds=1), data, progress=False)
     assert 0 < run.history[-1]["as"] <= 1
 
 
@@ -205,7 +207,7 @@ def test_fedavg_weights_are_the_first_batch_token_counts():
         return upd
 
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    run = run_federated(spy, P.aggregate_fedavg, init, num_clients=8, rounds=1, progress=False)
+    run = run_federated(Federation(spy, aggregate_fedavg, init, num_clients=8, rounds=1), progress=False)
     assert all(upd.num_samples == tokens for upd, tokens in seen.values())
     total = sum(u.num_samples for u, _ in seen.values())
     key = "head.2.weight"
@@ -217,22 +219,24 @@ def test_fedavg_weights_are_the_first_batch_token_counts():
 def test_quirk_flags_change_what_they_say():
     cfg = P.get_preset("smoke", rounds=2)
     data = _gss_data(cfg)
-    run, _ = P.run_federated_gpo(cfg, data, progress=False)
+    run = P.run(cfg, data, progress=False)
     assert run.personal_states[0]["adam"] and run.personal_states[0]["lr_step"] == 2 * cfg.local_steps
-    fixed, _ = P.run_federated_gpo(cfg.replace(persistent_optimizer=False, fedavg_weights="questions"), data,
-                                   progress=False)
+    fixed = P.run(cfg.replace(persistent_optimizer=False, fedavg_weights="questions"), data, progress=False)
     assert fixed.personal_states[0]["adam"] == {}
     assert {x["num_samples"] for x in fixed.client_log} == {len(data.train_questions)}
     assert fixed.history[-1]["client_loss"] != run.history[-1]["client_loss"]
 
 
+def _without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
 def test_same_seed_same_numbers_and_centralized_runs():
     cfg = P.get_preset("smoke")
     data = _gss_data(cfg)
-    a, _ = P.run_federated_gpo(cfg, data, progress=False)
-    b, _ = P.run_federated_gpo(cfg, data, progress=False)
-    drop_time = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
-    assert drop_time(a.history) == drop_time(b.history)
+    a = P.run(cfg, data, progress=False)
+    b = P.run(cfg, data, progress=False)
+    assert _without_time(a.history) == _without_time(b.history)
     hist, _ = P.run_centralized(cfg, data, steps_per_epoch=2, progress=False)
     assert len(hist) == cfg.central_epochs + 1 and all(0 < h["as"] <= 1 for h in hist)
 
@@ -258,7 +262,7 @@ def test_too_many_questions_per_batch_is_a_clear_error():
 
 def test_parallel_seeds_give_the_same_numbers_as_serial():
     cfg = P.get_preset("smoke", rounds=2, central_epochs=2)
-    serial = P.run_experiment(cfg, [0, 1], workers=1, progress=False)
-    parallel = P.run_experiment(cfg, [0, 1], workers=2, progress=False)
+    serial = experiment.run_experiment(cfg, [0, 1], workers=1, progress=False)
+    parallel = experiment.run_experiment(cfg, [0, 1], workers=2, progress=False)
     assert serial["summary"] == parallel["summary"]
-    assert P.metrics_table(serial["summary"])["alignment_fl"]["n"] == 2
+    assert experiment.metrics_table(serial["summary"])["alignment_fl"]["n"] == 2

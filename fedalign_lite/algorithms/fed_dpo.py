@@ -13,14 +13,81 @@ measures against TRL, which recomputes them every step unless ``precompute_ref_l
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from fedalign_lite.federated.aggregators import proximal_term
-from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed
+from fedalign_lite.config import PRESETS, ValidatedConfig, check_model_name
+from fedalign_lite.data.preference import collate, review_pairs, split_clients, tokenize_pair
+from fedalign_lite.errors import ConfigError, check_choice
+from fedalign_lite.federated.aggregators import AGGREGATORS, make_aggregator, proximal_term
+from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed, lazy
+from fedalign_lite.models.causal_lm import (add_lora, get_adapter_state, load_model, named_lora_parameters,
+                                            set_adapter_state)
 from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
-from fedalign_lite.models.causal_lm import get_adapter_state, named_lora_parameters, set_adapter_state
-from fedalign_lite.data.preference import collate
+
+PARTITIONS = ("iid", "dirichlet", "groups")
+
+
+@dataclass(frozen=True)
+class FedDPOConfig(ValidatedConfig):
+    """Federated DPO's run; all sizes are counts, learning rates are per step."""
+
+    preset: str = "cpu"
+    model: str = "fedalign-base"
+    num_clients: int = 4
+    clients_per_round: int = 4
+    rounds: int = 6
+    local_steps: int = 8
+    batch_size: int = 8
+    lr: float = 2e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    max_length: int = 96
+    beta: float = 0.1               # DPO inverse temperature
+    sft_weight: float = 0.0         # RPO-style NLL on chosen; pure DPO can wreck generation (foundations §6)
+    partition: str = "iid"
+    alpha: float = 0.5              # Dirichlet concentration (used when partition == "dirichlet")
+    aggregator: str = "fedavg"
+    prox_mu: float = 0.0            # FedProx proximal weight (client side)
+    server_lr: float = 1.0          # FedAvgM / FedAdam server step
+    server_momentum: float = 0.9    # FedAvgM momentum, FedAdam beta1
+    num_pairs: int = 400            # training preference pairs over all clients
+    eval_pairs: int = 64            # held-out pairs for the global evaluation
+    persistent_optimizer: bool = False   # keep each client's Adam moments across rounds (PluralLLM's code does)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, PRESETS)
+        check_model_name(self.model)
+        self.check_numbers(integers=("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size",
+                                     "lora_r", "lora_alpha", "max_length", "num_pairs", "eval_pairs"),
+                           positives=("lr", "beta", "alpha", "server_lr"), non_negatives=("sft_weight", "prox_mu"))
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum!r}")
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError(
+                f"clients_per_round={self.clients_per_round} must be <= num_clients={self.num_clients}"
+            )
+        check_choice("partition", self.partition, PARTITIONS)
+        check_choice("aggregator", self.aggregator, AGGREGATORS)
+        if self.aggregator == "fedprox" and self.prox_mu == 0:
+            raise ConfigError("aggregator='fedprox' needs prox_mu > 0 (the proximal weight), got 0")
+
+
+_PRESETS = {
+    "smoke": dict(model="random-tiny", num_clients=2, clients_per_round=2, rounds=2, local_steps=2,
+                  batch_size=4, max_length=48, num_pairs=24, eval_pairs=8),
+    "cpu": dict(model="fedalign-base"),
+    "gpu": dict(model="smollm2-135m", num_clients=8, clients_per_round=8, rounds=20, local_steps=20,
+                batch_size=16, lr=5e-4, max_length=256, num_pairs=4000, eval_pairs=400),
+}
+
+
+def get_preset(name: str, **overrides) -> FedDPOConfig:
+    """The validated preset ``name`` with ``overrides`` applied, e.g. ``get_preset("cpu", rounds=3)``."""
+    return FedDPOConfig.from_preset(name, _PRESETS, **overrides)
 
 
 @torch.no_grad()
@@ -60,12 +127,11 @@ def dpo_step_loss(model, tokenized, ref, idx, pad_id, cfg, global_state=None):
     return total, {"loss": loss.item(), "reward_acc": reward_accuracy(rc, rr)}
 
 
-def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int, cfg,
-                       persistent_optimizer: bool = False):
-    """The client update for :func:`fedalign_lite.federated.run_federated`.
+def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int, cfg: FedDPOConfig):
+    """The client update: K local DPO steps from the broadcast adapter.
 
-    ``persistent_optimizer=True`` keeps each client's Adam moments across rounds (as PluralLLM's
-    code does); the default restarts them every round, as FedAvg is usually described.
+    ``cfg.persistent_optimizer`` keeps each client's Adam moments across rounds (as PluralLLM's code
+    does); the default restarts them every round, as FedAvg is usually described.
     """
     def client_update(ctx):
         data = tokenized_by_client[ctx.client_id]
@@ -76,7 +142,7 @@ def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int
         model.train()
         params = [p for _, p in named_lora_parameters(model)]
         opt = torch.optim.Adam(params, lr=cfg.lr)
-        if persistent_optimizer and "optimizer" in ps:
+        if cfg.persistent_optimizer and "optimizer" in ps:
             opt.load_state_dict(ps["optimizer"])
         step0, logs = ps.get("step", 0), []
         for k in range(cfg.local_steps):
@@ -89,7 +155,7 @@ def make_client_update(model, tokenized_by_client: list[list[dict]], pad_id: int
         model.eval()
         ps["step"] = step0 + cfg.local_steps
         ps["losses"] = ps.get("losses", []) + [m["loss"] for m in logs]
-        if persistent_optimizer:
+        if cfg.persistent_optimizer:
             ps["optimizer"] = opt.state_dict()
         metrics = {k: float(np.mean([m[k] for m in logs])) for k in logs[0]}
         return ClientUpdate(get_adapter_state(model), len(data), metrics, ps)
@@ -113,39 +179,11 @@ def make_evaluate(model, tokenized_eval: list[dict], pad_id: int, cfg):
     return evaluate
 
 
-def pair_group(pair: dict, groups: int = 5) -> int:
-    """A stable pseudo-category of a review pair (a hash of its movie into ``groups`` buckets); the
-    label that the Dirichlet and natural partitions of review pairs split on."""
-    import zlib
-
-    return zlib.crc32(pair["movie"].encode()) % groups
-
-
-def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
-    """Client index lists for ``pairs`` according to ``cfg.partition``."""
-    from fedalign_lite.errors import ConfigError
-    from fedalign_lite.data.partition import partition_dirichlet, partition_iid, partition_natural
-
-    labels = [pair_group(p) for p in pairs]
-    if cfg.partition == "iid":
-        return partition_iid(len(pairs), cfg.num_clients, cfg.seed)
-    if cfg.partition == "dirichlet":
-        return partition_dirichlet(labels, cfg.num_clients, cfg.alpha, cfg.seed)
-    names, parts = partition_natural(labels)
-    if len(parts) != cfg.num_clients:
-        raise ConfigError(f"partition={cfg.partition!r} gives one client per group: num_clients must be "
-                          f"{len(parts)}, got {cfg.num_clients}")
-    return parts
-
-
-def federation(cfg, *, persistent_optimizer: bool = False, model_and_tok=None) -> Federation:
+def federation(cfg: FedDPOConfig) -> Federation:
     """Federated DPO of ``cfg.model`` + LoRA on Rotten Tomatoes review pairs, as a
-    :class:`~fedalign_lite.federated.Federation`; artifacts: model, tokenizer, client index lists."""
-    from fedalign_lite.federated.aggregators import make_aggregator
-    from fedalign_lite.models.causal_lm import add_lora, load_model
-    from fedalign_lite.data.preference import review_pairs, tokenize_pair
-
-    model, tok = model_and_tok or load_model(cfg.model, seed=cfg.seed)
+    :class:`~fedalign_lite.federated.loop.Federation`; artifacts: model, tokenizer, client index lists.
+    The evaluation (and its reference log-probs) is built on the server's first call only."""
+    model, tok = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     pairs = review_pairs(cfg.seed)
@@ -155,21 +193,15 @@ def federation(cfg, *, persistent_optimizer: bool = False, model_and_tok=None) -
     hyper = {"fedavgm": dict(lr=cfg.server_lr, momentum=cfg.server_momentum),
              "fedadam": dict(lr=cfg.server_lr, momentum=cfg.server_momentum)}.get(cfg.aggregator, {})
     return Federation(
-        make_client_update(model, tokenized, tok.pad_token_id, cfg, persistent_optimizer),
+        make_client_update(model, tokenized, tok.pad_token_id, cfg),
         make_aggregator(cfg.aggregator, **hyper), get_adapter_state(model),
         num_clients=cfg.num_clients, clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, seed=cfg.seed,
-        evaluate=make_evaluate(model, [tokenize_pair(tok, p) for p in held], tok.pad_token_id, cfg),
-        fingerprint=cfg.fingerprint() + ("-persist" if persistent_optimizer else ""),
+        evaluate=lazy(lambda: make_evaluate(model, [tokenize_pair(tok, p) for p in held], tok.pad_token_id, cfg)),
+        fingerprint=cfg.fingerprint(), finish=lambda state: set_adapter_state(model, state),
         artifacts={"model": model, "tokenizer": tok, "parts": parts})
 
 
-def run(cfg, *, run_dir=None, persistent_optimizer: bool = False, progress: bool = True, model_and_tok=None):
-    """Federated DPO (:func:`federation`) in this process.
-
-    Returns ``(FederatedRun, model, tokenizer, parts)``; the model holds the final global adapter.
-    """
-    fed = federation(cfg, persistent_optimizer=persistent_optimizer, model_and_tok=model_and_tok)
-    result = fed.run(run_dir=run_dir, progress=progress)
-    model = fed.artifacts["model"]
-    set_adapter_state(model, result.global_state)
-    return result, model, fed.artifacts["tokenizer"], fed.artifacts["parts"]
+def run(cfg: FedDPOConfig, *, run_dir=None, progress: bool = True):
+    """Federated DPO (:func:`federation`) in this process: a FederatedRun whose ``artifacts["model"]``
+    holds the final global adapter."""
+    return federation(cfg).run(run_dir=run_dir, progress=progress)

@@ -7,13 +7,13 @@ and the server 4.3, both proposals.]
         B prompts x G samples from pi_theta; rewards r_{m,j} with the client's own definitions
         A^(m) = group-normalised advantage of objective m              (a saturated objective gives 0)
         g_m = grad of the GRPO surrogate with A^(m)                     (LoRA parameters)
-        h_m = cos(g_primary^(k), g_m^(k-1));  s <- s + gamma w (h - <w, h>)    (hypergradient, PAPERS.md 1.7;
+        h_m = cos(g_primary^(k), g_m^(k-1));  s <- s + gamma w (h - <w, h>)    (hypergradient, docs/foundations.md §7;
                                                   the cosine instead of the inner product is our choice)
         theta <- theta + eta sum_m w_m g_m                             (= the GRPO step on sum_m w_m A^(m))
-      upload theta_i, n_i, task
+      upload theta_i, n_i   (the server knows the sender, and so its task, from the transport)
     server: within each task T, theta_T = sum_{i in T} n_i a_i theta_i / sum n_i a_i, with a_i the accuracy
       of client i's adapter on a server-held validation set of its task [choice; ``accuracy_source="client"``
-      uses the client's own primary reward on its held-out prompts, PAPERS.md 4.3's reading];
+      uses the client's own primary reward on its held-out prompts, docs/fedmoa.md §3's reading];
       global theta_g = sum_T |T|/N theta_T; clients receive their task's model.
 
 Methods: ``fedavg`` (fixed equal weights, FedAvg, one global model), ``hyper_only``, ``agg_only``, ``fedmoa``.
@@ -28,16 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedalign_lite.federated.aggregators import weighted_average
-from fedalign_lite.config import ValidatedConfig, check_model_name
-from fedalign_lite.errors import ConfigError, check_choice
-from fedalign_lite.federated.loop import ClientUpdate, Federation, client_metric, derive_seed
-from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
-from fedalign_lite.models.causal_lm import add_lora, apply_lora_step, get_adapter_state, load_model, lora_parameters, set_adapter_state
-from fedalign_lite.federated.workers import map_processes
-from fedalign_lite.models.rollout import rollout_token_logps, sample
-from fedalign_lite.objectives.sandbox import run_tests
+from fedalign_lite.config import PRESETS, ValidatedConfig, check_model_name
 from fedalign_lite.data.tasks import arithmetic_problem, code_task, parse_answer
+from fedalign_lite.errors import ConfigError, PayloadError, check_choice
+from fedalign_lite.federated.aggregators import weighted_average
+from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
+from fedalign_lite.models.causal_lm import (add_lora, apply_lora_step, get_adapter_state, load_model,
+                                            lora_parameters, set_adapter_state)
+from fedalign_lite.models.rollout import rollout_token_logps, sample
+from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
+from fedalign_lite.objectives.sandbox import run_tests
+from fedalign_lite.seeding import derive_seed
 
 METHODS = ("fedavg", "hyper_only", "agg_only", "fedmoa")
 TASKS = ("math", "code")
@@ -69,7 +70,7 @@ class MOAConfig(ValidatedConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        check_choice("preset", self.preset, PRESETS)
         check_choice("method", self.method, METHODS)
         check_choice("accuracy_source", self.accuracy_source, ("server", "client"))
         check_model_name(self.model)
@@ -178,34 +179,53 @@ def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng:
     return torch.stack(grads), rewards
 
 
+def equal_weights(cfg: MOAConfig):
+    """FedAvg's fixed reward weights: w = 1/M at every step, no personal state."""
+
+    def next_weights(logits: torch.Tensor, grads: torch.Tensor, previous) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits, torch.full((len(OBJECTIVES),), 1.0 / len(OBJECTIVES))
+
+    return next_weights
+
+
+def hypergradient_weights(cfg: MOAConfig):
+    """FedMOA's adaptive weights (docs/foundations.md §7): w = softmax(s), s moved by the hypergradient
+    h_m = <g_primary^(k), g_m^(k-1)>, here as a cosine [choice: gamma then does not depend on the
+    gradient scale, which changes by orders of magnitude with the rewards and the model]."""
+
+    def next_weights(logits: torch.Tensor, grads: torch.Tensor, previous) -> tuple[torch.Tensor, torch.Tensor]:
+        if previous is not None:
+            h = torch.nn.functional.cosine_similarity(previous, grads[0].unsqueeze(0), dim=1, eps=1e-12)
+            logits = hypergradient_step(logits, h.double(), cfg.hyper_lr)
+        return logits, torch.softmax(logits, 0)
+
+    return next_weights
+
+
 def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
-    """FedMOA's client (module docstring). Personal state: the weight logits s (kept across rounds)."""
+    """FedMOA's client (module docstring), with the weight rule of ``cfg.method``. Personal state: the
+    weight logits s and, for the hypergradient, the last step's gradients (kept across rounds)."""
+    next_weights = hypergradient_weights(cfg) if cfg.hyper else equal_weights(cfg)
 
     def client_update(ctx) -> ClientUpdate:
         client = clients[ctx.client_id]
-        task_id = TASKS.index(client.task)
         set_adapter_state(policy, {k[len(f"{client.task}/"):]: v for k, v in ctx.global_state.items()
                                    if k.startswith(f"{client.task}/")})
         s = torch.as_tensor(ctx.personal_state.get("logits", [0.0] * len(OBJECTIVES)), dtype=torch.float64)
         rng_py, rng = random.Random(ctx.seed), np.random.default_rng(ctx.seed)
-        previous = ctx.personal_state.get("previous_grads")    # the last step's g_m, kept across rounds
+        previous = ctx.personal_state.get("previous_grads")
         weights, saturation = [], []
         for _ in range(cfg.local_steps):
             grads, rewards = objective_gradients(policy, tok, client, rng_py, rng, cfg)
-            if cfg.hyper and previous is not None:
-                # h_m = <g_primary^(k), g_m^(k-1)> as a cosine [choice]: gamma then does not depend on the
-                # gradient scale, which changes by orders of magnitude with the rewards and the model
-                h = torch.nn.functional.cosine_similarity(previous, grads[0].unsqueeze(0), dim=1, eps=1e-12)
-                s = hypergradient_step(s, h.double(), cfg.hyper_lr)
-            w = torch.softmax(s, 0) if cfg.hyper else torch.full((len(OBJECTIVES),), 1.0 / len(OBJECTIVES))
+            s, w = next_weights(s, grads, previous)
             apply_lora_step(policy, w.float() @ grads, cfg.lr)
             previous = grads
             weights.append(w.numpy())
             saturation.append((rewards[:, 1:] == 1.0).mean(0))     # share of samples at the auxiliary maximum
         w_mean, sat = np.mean(weights, 0), np.mean(saturation, 0)
-        metrics = {"client": ctx.client_id, "task": task_id, "w_primary": float(w_mean[0]), "w_format": float(w_mean[1]),
-                   "w_length": float(w_mean[2]), "sat_format": float(sat[0]), "sat_length": float(sat[1])}
-        if cfg.accuracy_source == "client":     # its own (possibly noisy) primary reward on held-out prompts
+        metrics = {"w_primary": float(w_mean[0]), "w_format": float(w_mean[1]), "w_length": float(w_mean[2]),
+                   "sat_format": float(sat[0]), "sat_length": float(sat[1])}
+        if cfg.task_aware and cfg.accuracy_source == "client":   # its own (possibly noisy) reward on held-out prompts
             held = [make_task(client.task, random.Random(derive_seed(cfg.seed, ctx.client_id, 55, i)))
                     for i in range(cfg.eval_prompts)]
             texts = sample(policy, tok, [t["prompt"] for t in held], cfg.max_new_tokens, greedy=True).texts
@@ -231,44 +251,59 @@ def accuracy(policy, tok, tasks: list[dict], kind: str, cfg: MOAConfig) -> float
     return float(np.mean([correctness(t, kind, r) for t, r in zip(tasks, texts)]))
 
 
-def make_aggregate(policy, tok, clients: list[Client], cfg: MOAConfig):
-    """Task- and accuracy-aware aggregation (PAPERS.md 4.3 [PROPOSAL]) or FedAvg; logs each client's weight.
+def _with_weights_row(server_state: dict, updates: list, weights, num_clients: int) -> dict:
+    """The server state with one more row of aggregation weights (``"agg_weights"``, (rounds, clients))."""
+    row = torch.zeros(1, num_clients, dtype=torch.float64)
+    for weight, u in zip(weights, updates):
+        row[0, u.client_id] = weight
+    previous = server_state.get("agg_weights")
+    return {"agg_weights": row if previous is None else torch.cat([previous, row])}
 
-    The state is ``{"<task>/<lora key>": tensor}``: both task models (identical under FedAvg). The
-    server state keeps one row of aggregation weights per round (``"agg_weights"``, clients in order).
-    """
-    server_val = validation_tasks(cfg, 0)
+
+def make_fedavg_aggregate(cfg: MOAConfig):
+    """FedAvg over every client, whatever its task: both task models become the same average."""
 
     def aggregate(global_state: dict, updates: list, server_state: dict):
-        ids = [int(u.metrics["task"]) for u in updates]
         lora = [{k.split("/", 1)[1]: v for k, v in u.upload.items()} for u in updates]
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
-        if cfg.task_aware and cfg.accuracy_source == "client":
-            acc = np.array([u.metrics["val_acc"] for u in updates])
-        elif cfg.task_aware:
-            acc = []
-            for state, t in zip(lora, ids):
-                set_adapter_state(policy, state)
-                acc.append(accuracy(policy, tok, server_val[TASKS[t]], TASKS[t], cfg))
-            acc = np.array(acc)
-        if cfg.task_aware:
-            task_models, weights = {}, np.zeros(len(updates))
-            for t, name in enumerate(TASKS):
-                members = [i for i, x in enumerate(ids) if x == t]
-                w = n[members] * acc[members]
-                w = w if w.sum() > 0 else n[members]          # nobody is right yet: plain FedAvg in the task
-                weights[members] = w / w.sum()
-                task_models[name] = weighted_average([lora[i] for i in members], list(w))
-            new = {f"{name}/{k}": v for name, m in task_models.items() for k, v in m.items()}
-        else:
-            weights = n / n.sum()
-            avg = weighted_average(lora, list(n))
-            new = {f"{name}/{k}": v for name in TASKS for k, v in avg.items()}
-        row = torch.zeros(1, cfg.num_clients, dtype=torch.float64)
-        for weight, u in zip(weights, updates):
-            row[0, int(u.metrics["client"])] = weight
-        previous = server_state.get("agg_weights")
-        return new, {"agg_weights": row if previous is None else torch.cat([previous, row])}
+        avg = weighted_average(lora, list(n))
+        new = {f"{name}/{k}": v for name in TASKS for k, v in avg.items()}
+        return new, _with_weights_row(server_state, updates, n / n.sum(), cfg.num_clients)
+
+    return aggregate
+
+
+def make_accuracy_aware_aggregate(policy, tok, clients: list[Client], cfg: MOAConfig):
+    """Task- and accuracy-aware aggregation (docs/fedmoa.md §3 [PROPOSAL]): within each task, weights
+    n_i a_i with a_i the accuracy of client i's adapter on the server's validation set of its task
+    (built on first use), or the client's own reported ``val_acc`` (``accuracy_source="client"``).
+    The sender and its task come from the transport (``update.client_id``), never from the client."""
+    server_val = {}
+
+    def accuracies(lora: list, tasks: list[str], updates: list) -> np.ndarray:
+        if cfg.accuracy_source == "client":
+            return np.array([u.metrics["val_acc"] for u in updates])
+        server_val.update(server_val or validation_tasks(cfg, 0))
+        out = []
+        for state, task in zip(lora, tasks):
+            set_adapter_state(policy, state)
+            out.append(accuracy(policy, tok, server_val[task], task, cfg))
+        return np.array(out)
+
+    def aggregate(global_state: dict, updates: list, server_state: dict):
+        tasks = [clients[u.client_id].task for u in updates]
+        lora = [{k.split("/", 1)[1]: v for k, v in u.upload.items()} for u in updates]
+        n = np.array([u.num_samples for u in updates], dtype=np.float64)
+        acc = accuracies(lora, tasks, updates)
+        task_models, weights = {}, np.zeros(len(updates))
+        for name in TASKS:
+            members = [i for i, x in enumerate(tasks) if x == name]
+            w = n[members] * acc[members]
+            w = w if w.sum() > 0 else n[members]          # nobody is right yet: plain FedAvg in the task
+            weights[members] = w / w.sum()
+            task_models[name] = weighted_average([lora[i] for i in members], list(w))
+        new = {f"{name}/{k}": v for name, m in task_models.items() for k, v in m.items()}
+        return new, _with_weights_row(server_state, updates, weights, cfg.num_clients)
 
     return aggregate
 
@@ -295,23 +330,16 @@ def make_evaluate(policy, tok, cfg: MOAConfig):
 
 
 def make_check_update(clients: list[Client], global_state: dict, cfg: MOAConfig):
-    """FedMOA's checks on arrival: the sender's id and task agree with the client table, the adapter is
-    exactly that task's, and a client-reported accuracy lies in [0, 1]."""
-    from fedalign_lite.errors import PayloadError
+    """FedMOA's checks on arrival: the sender (as the transport knows it) uploads exactly its task's
+    adapter, and a client-reported accuracy lies in [0, 1]."""
 
     def check_update(update: ClientUpdate) -> None:
-        cid = update.metrics.get("client")
-        if cid is None or cid != int(cid) or not 0 <= cid < len(clients):
-            raise PayloadError(f"metric 'client' must be a client id in [0, {len(clients)}), got {cid!r}")
-        task = clients[int(cid)].task
-        if update.metrics.get("task") != TASKS.index(task):
-            raise PayloadError(f"metric 'task' of client {int(cid)} must be {TASKS.index(task)} ({task}), "
-                               f"got {update.metrics.get('task')!r}")
+        task = clients[update.client_id].task
         expected = sorted(k for k in global_state if k.startswith(f"{task}/"))
         if sorted(update.upload) != expected:
-            raise PayloadError(f"client {int(cid)} must upload exactly its task's adapter ({len(expected)} "
+            raise PayloadError(f"client {update.client_id} must upload exactly its task's adapter ({len(expected)} "
                                f"'{task}/...' tensors), got {sorted(update.upload)[:3]}...")
-        if cfg.accuracy_source == "client" and not 0.0 <= update.metrics.get("val_acc", -1.0) <= 1.0:
+        if cfg.task_aware and cfg.accuracy_source == "client" and not 0.0 <= update.metrics.get("val_acc", -1.0) <= 1.0:
             raise PayloadError(f"metric 'val_acc' (accuracy_source='client') must be in [0, 1], "
                                f"got {update.metrics.get('val_acc')!r}")
 
@@ -319,67 +347,25 @@ def make_check_update(clients: list[Client], global_state: dict, cfg: MOAConfig)
 
 
 def federation(cfg: MOAConfig) -> Federation:
-    """One FedMOA / baseline run as a :class:`~fedalign_lite.federated.Federation`; artifacts: the clients."""
+    """One FedMOA / ablation / FedAvg run (``cfg.method``) as a
+    :class:`~fedalign_lite.federated.loop.Federation`; artifacts: the clients. Each client is sent only
+    its task's model (what ``bytes_down`` counts)."""
     base, tok = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     clients = make_clients(cfg)
     init = get_adapter_state(policy)
     global_state = {f"{t}/{k}": v for t in TASKS for k, v in init.items()}
-    return Federation(make_client_update(policy, tok, clients, cfg), make_aggregate(policy, tok, clients, cfg),
+    aggregate = (make_accuracy_aware_aggregate(policy, tok, clients, cfg) if cfg.task_aware
+                 else make_fedavg_aggregate(cfg))
+    return Federation(make_client_update(policy, tok, clients, cfg), aggregate,
                       global_state, num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
-                      evaluate=make_evaluate(policy, tok, cfg), fingerprint=cfg.fingerprint(),
+                      evaluate=lazy(lambda: make_evaluate(policy, tok, cfg)), fingerprint=cfg.fingerprint(),
                       download=lambda state, cid: {k: v for k, v in state.items()
                                                    if k.startswith(f"{clients[cid].task}/")},
                       check_update=make_check_update(clients, global_state, cfg), artifacts={"clients": clients})
 
 
 def run(cfg: MOAConfig, *, run_dir=None, progress: bool = True):
-    """One FedMOA / baseline run in this process; returns (FederatedRun, clients)."""
-    fed = federation(cfg)
-    return fed.run(run_dir=run_dir, progress=progress), fed.artifacts["clients"]
-
-
-# ---------------------------------------------------------------------------------- experiment --
-
-def _run_method(cfg: MOAConfig) -> dict:
-    result, clients = run(cfg, progress=False)
-    return {"history": result.history, "client_log": result.client_log,
-            "agg_weights": result.server_state["agg_weights"].numpy(), "noisy": [c.noisy for c in clients]}
-
-
-def run_experiment(cfg: MOAConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
-    """``{method: [result per seed]}`` for the four methods, spread over ``workers`` processes."""
-    jobs = [(m, s) for s in seeds for m in METHODS]
-    results = map_processes(_run_method, [cfg.replace(method=m, seed=s) for m, s in jobs], workers, "runs", progress)
-    out = {}
-    for (m, _), res in zip(jobs, results):
-        out.setdefault(m, []).append(res)
-    return out
-
-
-def client_series(result: dict, key: str) -> np.ndarray:
-    """(rounds, clients) of a client metric (e.g. ``w_primary``, ``sat_format``)."""
-    return client_metric(result["client_log"], key)
-
-
-def metrics_table(results: dict) -> dict:
-    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
-    from scipy.stats import pearsonr
-
-    from fedalign_lite.objectives.metrics import mean_std
-
-    final = lambda m, k: mean_std([r["history"][-1][k] for r in results[m]])  # noqa: E731
-    table = {f"acc_{m}": final(m, "acc") for m in METHODS}
-    table.update({f"personal_acc_{m}": final(m, "personal_acc") for m in METHODS})
-    hyper = results["fedmoa"]
-    w = [np.nanmean(client_series(r, "w_primary"), 1) for r in hyper]
-    sat = [np.nanmean((client_series(r, "sat_format") + client_series(r, "sat_length")) / 2, 1) for r in hyper]
-    table["w_primary_start"] = mean_std([x[0] for x in w])
-    table["w_primary_end"] = mean_std([x[-1] for x in w])
-    corr = [pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else float("nan") for a, b in zip(w, sat)]
-    table["corr_w_primary_saturation"] = mean_std([c for c in corr if c == c] or [float("nan")])
-    noisy = lambda r: np.array(r["noisy"])  # noqa: E731
-    table["agg_weight_noisy"] = mean_std([r["agg_weights"][:, noisy(r)].mean() for r in hyper])
-    table["agg_weight_clean"] = mean_std([r["agg_weights"][:, ~noisy(r)].mean() for r in hyper])
-    return table
+    """One FedMOA / baseline run in this process; ``artifacts["clients"]``: the client table."""
+    return federation(cfg).run(run_dir=run_dir, progress=progress)

@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedalign_lite.federated.aggregators import aggregate_fedavg
-from fedalign_lite.config import ValidatedConfig, check_model_name
+from fedalign_lite.algorithms.fed_dpo import batch_indices, reference_logps
+from fedalign_lite.config import PRESETS, ValidatedConfig, check_model_name
+from fedalign_lite.data.preference import client_preference_pairs, collate, tokenize_pair
 from fedalign_lite.errors import ConfigError, check_choice
-from fedalign_lite.algorithms.fed_dpo import batch_indices, pair_group, reference_logps
-from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed
-from fedalign_lite.objectives.dpo import completion_logps, dpo_loss, reward_accuracy
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
 from fedalign_lite.models.causal_lm import add_lora, get_adapter_state, load_model, set_adapter_state
-from fedalign_lite.data.partition import partition_dirichlet, partition_iid
-from fedalign_lite.data.preference import code_pairs, collate, math_pairs, review_pairs, tokenize_pair
+from fedalign_lite.objectives.dpo import completion_logps, dpo_loss, reward_accuracy
+from fedalign_lite.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,6 @@ METHODS = {
     "no_personal_head": Components(head="frozen"),
 }
 SETTINGS = ("iid", "noniid", "cross")
-DOMAINS = ("reviews", "code", "math")
 
 
 @dataclass(frozen=True)
@@ -84,12 +83,16 @@ class PDPOConfig(ValidatedConfig):
     eval_per_client: int = 16
     alpha: float = 0.5              # Dirichlet concentration over movie buckets (non-IID)
     critic_fraction: float = 0.3    # non-IID: share of clients whose rater prefers the rotten review
+    method: str = "fedpdpo"         # a key of METHODS: which parts are shared, personal or absent
+    setting: str = "noniid"         # "iid", "noniid" (topic and preference skew) or "cross" (3 domains)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        check_choice("preset", self.preset, PRESETS)
         check_model_name(self.model)
         check_choice("reference", self.reference, ("base", "global"))
+        check_choice("method", self.method, METHODS)
+        check_choice("setting", self.setting, SETTINGS)
         self.check_numbers(integers=("num_clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha",
                                      "bottleneck", "max_length", "pairs_per_client", "eval_per_client"),
                            positives=("lr", "beta", "alpha"), non_negatives=("mu",))
@@ -109,54 +112,6 @@ _PRESETS = {
 def get_preset(name: str, **overrides) -> PDPOConfig:
     """The validated FedPDPO preset ``name`` (smoke, cpu, gpu) with ``overrides`` applied."""
     return PDPOConfig.from_preset(name, _PRESETS, **overrides)
-
-
-# ------------------------------------------------------------------------------------------ data --
-
-def flip(pair: dict) -> dict:
-    """The same pair as a critic rates it: the rotten review is chosen."""
-    return {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
-
-
-def client_pairs(cfg: PDPOConfig, setting: str) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
-    """(train pairs per client, held-out pairs per client, client descriptions) for a setting.
-
-    * ``iid``: review pairs spread uniformly; every rater prefers the fresh review.
-    * ``noniid``: Dirichlet(alpha) over 5 movie buckets (topic skew) AND preference skew: a
-      ``critic_fraction`` of the clients have a rater who prefers the rotten review (their pairs are
-      flipped). [Our construction: the paper's is unknown. Topic skew alone leaves FedAvg-DPO's
-      accuracy intact because every client agrees on the direction; it is the heterogeneous
-      preference that costs a shared model accuracy, which is the problem personalization targets.]
-    * ``cross``: 3 clients, one domain each: reviews, code (correct vs subtly broken function),
-      math (correct vs wrong result).
-    """
-    check_choice("setting", setting, SETTINGS)
-    n = cfg.pairs_per_client + cfg.eval_per_client
-    if setting == "cross":
-        per = [review_pairs(cfg.seed)[:n], code_pairs(n, cfg.seed), math_pairs(n, cfg.seed)]
-        names = list(DOMAINS)
-    else:
-        pairs = review_pairs(cfg.seed)
-        if setting == "iid":
-            parts = partition_iid(len(pairs), cfg.num_clients, cfg.seed)
-        else:
-            parts = partition_dirichlet([pair_group(p) for p in pairs], cfg.num_clients, cfg.alpha, cfg.seed,
-                                        min_size=n)
-        per = [[pairs[i] for i in np.random.default_rng(derive_seed(cfg.seed, c)).permutation(part)[:n]]
-               for c, part in enumerate(parts)]
-        if min(len(p) for p in per) < n:
-            raise ConfigError(f"pairs_per_client + eval_per_client = {n} exceeds a client's share of "
-                              f"{len(pairs)} review pairs; lower them")
-        critics = set(critic_clients(cfg)) if setting == "noniid" else set()
-        per = [[flip(p) for p in ps] if c in critics else ps for c, ps in enumerate(per)]
-        names = [f"client {c} ({'critic' if c in critics else 'fan'})" for c in range(cfg.num_clients)]
-    return [p[cfg.eval_per_client:] for p in per], [p[: cfg.eval_per_client] for p in per], names
-
-
-def critic_clients(cfg: PDPOConfig) -> list[int]:
-    """Which clients' raters prefer rotten reviews in the non-IID setting (seeded)."""
-    k = int(round(cfg.critic_fraction * cfg.num_clients))
-    return sorted(np.random.default_rng(derive_seed(cfg.seed, 4242)).choice(cfg.num_clients, k, replace=False).tolist())
 
 
 # ----------------------------------------------------------------------------------------- model --
@@ -377,54 +332,22 @@ def make_evaluate(model: PersonalizedLM, held: list[list[dict]], pad_id: int, cf
     return evaluate
 
 
-def federation(cfg: PDPOConfig, method: str, setting: str) -> Federation:
-    """One method in one setting as a :class:`~fedalign_lite.federated.Federation`; artifacts: the
-    client descriptions (``names``). Its evaluation is personalized (it reads every client's
-    personal modules), so on Flower, where those never leave the clients, the server skips it."""
-    check_choice("method", method, METHODS)
-    train_pairs, held_pairs, names = client_pairs(cfg, setting)
-    model, tok = build_model(cfg, METHODS[method])
+def federation(cfg: PDPOConfig) -> Federation:
+    """``cfg.method`` in ``cfg.setting`` as a :class:`~fedalign_lite.federated.loop.Federation`;
+    artifacts: the client descriptions (``names``). Its evaluation is personalized (it reads every
+    client's personal modules), so on Flower, where those never leave the clients, the server skips it."""
+    train_pairs, held_pairs, names = client_preference_pairs(cfg, cfg.setting)
+    model, tok = build_model(cfg, METHODS[cfg.method])
     train = [[tokenize_pair(tok, p) for p in ps] for ps in train_pairs]
     held = [[tokenize_pair(tok, p) for p in ps] for ps in held_pairs]
     return Federation(make_client_update(model, train, tok.pad_token_id, cfg), aggregate_fedavg,
                       model.shared_state(), num_clients=len(train), rounds=cfg.rounds, seed=cfg.seed,
-                      evaluate=make_evaluate(model, held, tok.pad_token_id, cfg),
-                      fingerprint=f"{cfg.fingerprint()}-{method}-{setting}", evaluate_needs_personal=True,
-                      artifacts={"names": names})
+                      evaluate=lazy(lambda: make_evaluate(model, held, tok.pad_token_id, cfg)),
+                      fingerprint=cfg.fingerprint(), evaluate_needs_personal=True,
+                      finish=model.load_shared, artifacts={"names": names, "model": model, "tokenizer": tok})
 
 
-def run(cfg: PDPOConfig, method: str, setting: str, *, run_dir=None, progress: bool = True):
-    """One method in one setting in this process; returns (FederatedRun, client descriptions)."""
-    fed = federation(cfg, method, setting)
-    return fed.run(run_dir=run_dir, progress=progress), fed.artifacts["names"]
-
-
-# ---------------------------------------------------------------------------------- experiment --
-
-INTRA = [("iid", "fedavg")] + [("noniid", m) for m in METHODS]
-CROSS = [("cross", m) for m in ("local", "fedavg", "fedper", "fedpdpo")]
-
-
-def run_experiment(cfg: PDPOConfig, seeds: list[int], progress: bool = True) -> dict:
-    """Every (setting, method) of the notebook for each seed: ``{(setting, method): [metrics DataFrame per seed]}``."""
-    from tqdm.auto import tqdm
-
-    out = {}
-    jobs = [(s, m, seed) for seed in seeds for s, m in INTRA + CROSS]
-    for setting, method, seed in tqdm(jobs, desc="runs", disable=not progress):
-        result, _ = run(cfg.replace(seed=seed), method, setting, progress=False)
-        out.setdefault((setting, method), []).append(result.metrics)
-    return out
-
-
-def metrics_table(runs: dict) -> dict:
-    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds (final-round accuracy)."""
-    from fedalign_lite.objectives.metrics import mean_std
-
-    final = lambda setting, method, col="acc": mean_std([m[col].iloc[-1] for m in runs[(setting, method)]])  # noqa: E731
-    table = {"acc_iid_fedavg": final("iid", "fedavg")}
-    table.update({f"acc_noniid_{m}": final("noniid", m) for m in ("fedavg", "local", "fedper", "fedpdpo")})
-    table.update({f"acc_ablation_{m}": final("noniid", m) for m in ("no_reward_head", "no_adapter", "no_personal_head")})
-    table["cross_domain"] = {d: {m: final("cross", m, f"acc/{i}") for _, m in CROSS} for i, d in enumerate(DOMAINS)}
-    table["bytes_up_per_round"] = {m: float(runs[("noniid", m)][0]["bytes_up"].iloc[1]) for m in METHODS}
-    return table
+def run(cfg: PDPOConfig, *, run_dir=None, progress: bool = True):
+    """``cfg.method`` in ``cfg.setting`` in this process; a FederatedRun with the client descriptions in
+    ``artifacts["names"]``."""
+    return federation(cfg).run(run_dir=run_dir, progress=progress)

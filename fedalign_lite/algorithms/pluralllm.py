@@ -36,16 +36,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedalign_lite.federated.aggregators import aggregate_fedavg
-from fedalign_lite.config import MODELS, ValidatedConfig
-from fedalign_lite.models.embeddings import option_embeddings
-from fedalign_lite.errors import ConfigError, check_choice, check_positive
-from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state, derive_seed, seed_everything
-from fedalign_lite.models.gpo import GPO, gpo_loss, make_batch, sample_context_targets
-from fedalign_lite.objectives.metrics import (area_under_curve, fairness, js_distance_segments, mean_std,
-                      steps_to_fraction)
-from fedalign_lite.federated.workers import map_processes
+from fedalign_lite.config import MODELS, PRESETS, ValidatedConfig
+from fedalign_lite.data.hub import load_global_opinions
 from fedalign_lite.data.survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
+from fedalign_lite.errors import ConfigError, check_choice, check_positive
+from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state
+from fedalign_lite.models.embeddings import option_embeddings
+from fedalign_lite.models.gpo import GPO, gpo_loss, make_batch, sample_context_targets
+from fedalign_lite.objectives.metrics import fairness, js_distance_segments
+from fedalign_lite.seeding import derive_seed, seed_everything
 
 # The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
 GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "Germany", "United States",
@@ -80,7 +80,7 @@ class PluralConfig(ValidatedConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("preset", self.preset, ("smoke", "cpu", "gpu"))
+        check_choice("preset", self.preset, PRESETS)
         check_choice("fedavg_weights", self.fedavg_weights, ("sampled", "questions"))
         if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
             raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
@@ -135,8 +135,6 @@ def load_data(cfg: PluralConfig) -> GroupData:
     if cfg.data == "gss":
         records, train, held = gss_opinions(), TRAIN_GROUPS, EVAL_GROUPS
     else:
-        from fedalign_lite.data.hub import load_global_opinions
-
         records, train, held = load_global_opinions(cfg.data), GLOBALQA_TRAIN, GLOBALQA_EVAL
         # PluralLLM keeps the questions every one of its 14 countries answered (PAPERS.md 2.2)
         records = [r for r in records if all(g in r["selections"] for g in train + held)]
@@ -293,8 +291,9 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
 
 
 def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
-    """FedAvg of GPO over the training groups as a :class:`~fedalign_lite.federated.Federation`;
-    artifacts: the model (it holds whatever state was loaded last) and the data."""
+    """FedAvg of GPO over the training groups as a :class:`~fedalign_lite.federated.loop.Federation`;
+    ``data`` (from :func:`load_data`) saves reloading it. Artifacts: the model (the final global state
+    after :meth:`~fedalign_lite.federated.loop.Federation.run`) and the data."""
     data = data or load_data(cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg, data.x[0].shape[1])
@@ -305,16 +304,14 @@ def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
 
     return Federation(make_client_update(model, data, cfg), aggregate_fedavg, clone_state(model.state_dict()),
                       num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
-                      fingerprint=cfg.fingerprint(), artifacts={"model": model, "data": data})
+                      fingerprint=cfg.fingerprint(), finish=model.load_state_dict,
+                      artifacts={"model": model, "data": data})
 
 
-def run_federated_gpo(cfg: PluralConfig, data: GroupData, run_dir=None, progress: bool = True):
-    """FedAvg over the training groups; returns (FederatedRun, final model). Round 0 = the initial model."""
-    fed = federation(cfg, data)
-    run = fed.run(run_dir=run_dir, progress=progress)
-    model = fed.artifacts["model"]
-    model.load_state_dict(run.global_state)
-    return run, model
+def run(cfg: PluralConfig, data: GroupData | None = None, *, run_dir=None, progress: bool = True):
+    """PluralLLM (FedAvg over the training groups) in this process; a FederatedRun whose
+    ``artifacts["model"]`` holds the final global GPO. Round 0 = the initial model."""
+    return federation(cfg, data).run(run_dir=run_dir, progress=progress)
 
 
 # --------------------------------------------------------------------------------- centralized --
@@ -341,66 +338,3 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
             step += 1
         history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
     return history, model
-
-
-# ---------------------------------------------------------------------------------- experiment --
-
-METHODS = {"fl": "federated (FedAvg)", "central": "centralized (1 step / epoch)",
-           "matched": "centralized, compute-matched"}
-
-
-def summarize(history: list[dict]) -> dict:
-    """Scalars of one run's evaluation curve (row 0 = the initial model).
-
-    ``to_95``: first round/epoch whose AS reaches 95% of the run's best (the issue's definition);
-    ``to_95_gain``: first reaching 95% of the run's gain over the initial model, which separates runs
-    whose curves start near their best; ``auc``: mean AS over the curve; final values are the last row.
-    """
-    curve = [h["as"] for h in history]
-    last = history[-1]
-    return {"alignment": last["as"], "best_alignment": max(curve), "fairness": last["fi_cv"], "jain": last["jain"],
-            "worst_group": last["worst"], "to_95": steps_to_fraction(curve, 0.95),
-            "to_95_gain": steps_to_fraction(curve, 0.95, relative_to_start=True), "auc": area_under_curve(curve)}
-
-
-def _run_seed(cfg: PluralConfig) -> dict:
-    """The three runs of one seed: ``{method: (history, final state_dict)}``."""
-    data = load_data(cfg)
-    fl, fl_model = run_federated_gpo(cfg, data, progress=False)
-    runs = {"fl": (fl.history, fl_model), "central": run_centralized(cfg, data, 1, progress=False),
-            "matched": run_centralized(cfg, data, cfg.local_steps, progress=False)}
-    return {m: (history, model.state_dict()) for m, (history, model) in runs.items()}
-
-
-def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
-    """FedAvg, centralized and compute-matched centralized GPO for each seed, seeds in ``workers``
-    processes (:func:`~fedalign_lite.federated.workers.map_processes`; the numbers do not depend on it).
-
-    Returns ``{"data", "histories": {method: [history per seed]}, "models": {method: model of the
-    first seed}, "summary": {method: [summarize(history) per seed]}}``.
-    """
-    data = load_data(cfg)            # computes the embedding cache once, before any worker reads it
-    per_seed = map_processes(_run_seed, [cfg.replace(seed=s) for s in seeds], workers, "seeds", progress)
-    out = {"data": data, "histories": {m: [] for m in METHODS}, "models": {}, "summary": {m: [] for m in METHODS}}
-    for result in per_seed:
-        for method, (history, state) in result.items():
-            out["histories"][method].append(history)
-            out["summary"][method].append(summarize(history))
-            if method not in out["models"]:
-                model = build_model(cfg, data.x[0].shape[1])
-                model.load_state_dict(state)
-                out["models"][method] = model
-    return out
-
-
-def metrics_table(summary: dict) -> dict:
-    """The issue's ``metrics.json`` keys, each ``{"mean", "std", "n"}`` over seeds."""
-    axis = {"fl": "rounds", "central": "epochs", "matched": "epochs"}
-    out = {}
-    for method, rows in summary.items():
-        col = lambda k: mean_std([r[k] for r in rows])  # noqa: E731
-        out[f"{axis[method]}_to_95_{method}"] = col("to_95")
-        out[f"{axis[method]}_to_95_gain_{method}"] = col("to_95_gain")
-        for key in ("alignment", "best_alignment", "fairness", "jain", "worst_group", "auc"):
-            out[f"{key}_{method}"] = col(key)
-    return out

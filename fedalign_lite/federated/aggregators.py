@@ -68,12 +68,15 @@ def make_server_optimizer(kind: str, lr: float = 1.0, momentum: float = 0.9, bet
     return aggregate
 
 
+AGGREGATORS = ("fedavg", "fedprox", "fedavgm", "fedadam")
+
+
 def make_aggregator(name: str, **hyper):
     """The aggregation function for ``name`` in {fedavg, fedprox, fedavgm, fedadam}.
 
     FedProx differs from FedAvg only on the client (:func:`proximal_term`); its server rule is FedAvg.
     """
-    check_choice("aggregator", name, ["fedavg", "fedprox", "fedavgm", "fedadam"])
+    check_choice("aggregator", name, AGGREGATORS)
     if name in ("fedavg", "fedprox"):
         if hyper:
             raise ConfigError(f"aggregator={name!r} takes no server hyperparameters, got {sorted(hyper)}")

@@ -20,79 +20,52 @@ Flower is an optional extra: ``pip install -e '.[flower]'``; nothing else in the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
 from logging import INFO
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common.logger import log as flwr_log
     from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("fedalign_lite.federated.flower needs Flower, an optional extra: pip install -e '.[flower]' "
                       "(or `make env`, which installs it)") from e
 
-from fedalign_lite.federated.checkpoint import flatten, unflatten
 from fedalign_lite.errors import ConfigError, FedAlignError, PayloadError
-from fedalign_lite.federated.loop import ClientContext, ClientUpdate, Federation, derive_seed, run_federated, seed_everything
+from fedalign_lite.federated.checkpoint import flatten, unflatten
+from fedalign_lite.federated.loop import ClientContext, ClientUpdate, Federation, run_federated
+from fedalign_lite.seeding import derive_seed, seed_everything
 
-ADAPTER_KEYS = ("algorithm", "preset", "run-dir", "output-dir", "round-timeout", "node-timeout")
-"""Run-config keys the adapter reads itself; every other key overrides a config field ('-' -> '_')."""
+ADAPTER_KEYS = ("run-dir", "output-dir", "round-timeout", "node-timeout")
+"""Run-config keys the adapter reads itself; every other key goes to ``build`` (with
+:func:`fedalign_lite.algorithms.federation_from_run_config`: ``algorithm``, ``preset`` and config fields)."""
 
-
-# ----------------------------------------------------------------------------- run config -> run --
-
-def _algorithms() -> dict:
-    from fedalign_lite import config
-    from fedalign_lite.algorithms import fed_dpo
-    from fedalign_lite.algorithms import fedmoa
-    from fedalign_lite.algorithms import fedpdpo
-    from fedalign_lite.algorithms import firm
-    from fedalign_lite.algorithms import pluralllm
-
-    def pdpo(cfg, rc):
-        return fedpdpo.federation(cfg, str(rc.get("method", "fedpdpo")), str(rc.get("setting", "noniid")))
-
-    return {"fed-dpo": (config.get_preset, lambda cfg, rc: fed_dpo.federation(cfg)),
-            "fedpdpo": (fedpdpo.get_preset, pdpo),
-            "firm": (firm.get_preset, lambda cfg, rc: firm.federation(cfg)),
-            "fedmoa": (fedmoa.get_preset, lambda cfg, rc: fedmoa.federation(cfg)),
-            "pluralllm": (pluralllm.get_preset, lambda cfg, rc: pluralllm.federation(cfg))}
-
-
-ALGORITHMS = ("fed-dpo", "fedpdpo", "firm", "fedmoa", "pluralllm")
-
-
-def build_federation(run_config: dict) -> Federation:
-    """The :class:`Federation` a Flower run config describes, e.g. ``{"algorithm": "firm", "preset":
-    "smoke", "rounds": 1}``. FedPDPO also reads ``method`` and ``setting`` (its ``run`` arguments).
-    Unknown algorithms, presets and fields are a ConfigError naming the allowed values."""
-    rc = dict(run_config)
-    algorithm = str(rc.get("algorithm", ""))
-    table = _algorithms()
-    if algorithm not in table:
-        raise ConfigError(f"run config 'algorithm' must be one of {list(ALGORITHMS)}, got {algorithm!r}")
-    get_preset, build = table[algorithm]
-    skip = set(ADAPTER_KEYS) | ({"method", "setting"} if algorithm == "fedpdpo" else set())
-    overrides = {k.replace("-", "_"): v for k, v in rc.items() if k not in skip}
-    return build(get_preset(str(rc.get("preset", "smoke")), **overrides), rc)
-
+Build = Callable[[dict], Federation]
+"""``build(run_config) -> Federation``: how a process makes the run it serves."""
 
 _BUILT: dict = {}
 
 
-def cached_federation(run_config: dict, build=build_federation) -> Federation:
+def cached_federation(run_config: dict, build: Build) -> Federation:
     """One Federation per (process, run config): a simulation actor serves many clients and must not
-    reload the model for each message."""
-    key = (build, json.dumps(dict(run_config), sort_keys=True, default=str))
+    reload the model for each message. ``build`` sees the run config without :data:`ADAPTER_KEYS`;
+    server-only parts are built lazily (:func:`~fedalign_lite.federated.loop.lazy`), so a client
+    process never builds them."""
+    rc = {k: v for k, v in dict(run_config).items() if k not in ADAPTER_KEYS}
+    key = (build, json.dumps(rc, sort_keys=True, default=str))
     if key not in _BUILT:
         _BUILT.clear()
-        _BUILT[key] = build(dict(run_config))
+        _BUILT[key] = build(rc)
     return _BUILT[key]
 
 
@@ -239,7 +212,7 @@ def discover_clients(grid: Grid, num_clients: int, fingerprint: str, timeout: fl
     return {c: n for c, n in node_of.items() if c < num_clients}
 
 
-def make_server_app(build=build_federation, on_result=None) -> ServerApp:
+def make_server_app(build: Build, on_result=None) -> ServerApp:
     """A ServerApp running ``build(run_config)`` over the connected SuperNodes.
 
     Run-config keys: ``run-dir`` (checkpoints; an interrupted run resumes), ``output-dir`` (writes
@@ -256,16 +229,13 @@ def make_server_app(build=build_federation, on_result=None) -> ServerApp:
         node_of = discover_clients(grid, fed.num_clients, fed.fingerprint, float(rc.get("node-timeout", 120)))
         flwr_log(INFO, f"fedalign-lite: {len(node_of)} clients connected, {fed.rounds} rounds, config {fed.fingerprint}")
         timeout = float(rc["round-timeout"]) if "round-timeout" in rc else None
-        args = fed.loop_arguments()
         if fed.evaluate_needs_personal:
             warnings.warn("this algorithm's evaluation reads every client's personal state, which stays on the "
                           "Flower clients: the server skips evaluation")
-            args["evaluate"] = None
-        result = run_federated(**args, transport=FlowerClients(grid, node_of, fed.fingerprint, timeout),
+            fed = dataclasses.replace(fed, evaluate=None)
+        result = run_federated(fed, transport=FlowerClients(grid, node_of, fed.fingerprint, timeout),
                                run_dir=rc.get("run-dir") or None, progress=True)
         if rc.get("output-dir"):
-            from safetensors.torch import save_file
-
             out = Path(str(rc["output-dir"]))
             out.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in result.global_state.items()}, out / "global_state.safetensors")
@@ -287,7 +257,7 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def make_client_app(build=build_federation) -> ClientApp:
+def make_client_app(build: Build) -> ClientApp:
     """A ClientApp serving ``build(run_config)``'s ``client_update`` (and ``phase1``) for the client
     ``partition-id``; its personal state lives in ``context.state``."""
     app = ClientApp()
@@ -334,8 +304,9 @@ def make_client_app(build=build_federation) -> ClientApp:
 
 # --------------------------------------------------------------------------------- simulation --
 
-def simulate(run_config: dict, *, build=build_federation, cpus_per_client: float = 1.0):
-    """Run ``build(run_config)`` on Flower's simulation runtime (one virtual SuperNode per client,
+def simulate(run_config: dict, build: Build, *, cpus_per_client: float = 1.0):
+    """Run ``build(run_config)`` (e.g. :func:`fedalign_lite.algorithms.federation_from_run_config`) on
+    Flower's simulation runtime (one virtual SuperNode per client,
     Ray actors with ``cpus_per_client`` each) and return its :class:`~fedalign_lite.federated.FederatedRun`.
 
     The Python entry point; ``flwr run`` on ``examples/flower_app`` is the command-line one. The run
@@ -344,8 +315,6 @@ def simulate(run_config: dict, *, build=build_federation, cpus_per_client: float
     later in the same process hung, so the tests call this in a subprocess, and so should a caller
     that goes on to drive Jupyter kernels.
     """
-    from flwr.simulation import run_simulation
-
     rc = dict(run_config)
     bound = _Bound(build, rc)
     box: list = []

@@ -1,4 +1,4 @@
-"""The federated round loop every algorithm plugs into (DESIGN.md section 4).
+"""The federated round loop every algorithm plugs into (docs/architecture.md, "The round").
 
 An algorithm supplies two functions:
 
@@ -26,19 +26,20 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedalign_lite.errors import AllClientsFailedError, CheckpointError, PayloadError, check_positive
+from fedalign_lite.seeding import derive_seed, seed_everything
 
 SCALAR_BYTES = 8   # a metric or a sample count crosses the network as one float64/int64
 
@@ -60,6 +61,8 @@ class ClientUpdate:
     num_samples: int                          # the client's FedAvg weight
     metrics: dict = field(default_factory=dict)   # scalars sent to the server (counted in bytes up)
     personal_state: dict | None = None        # new persistent state; None keeps the old one
+    client_id: int | None = None              # who sent it: set by the loop from the transport, never by
+                                              # the client (aggregate and check_update read it)
 
 
 @dataclass
@@ -69,12 +72,11 @@ class FederatedRun:
     server_state: dict
     history: list            # one dict per round (round 0 = evaluation of the initial model)
     client_log: list         # one dict per (round, sampled client)
+    artifacts: dict = field(default_factory=dict)   # the Federation's artifacts, final state loaded
 
     @property
     def metrics(self):
         """Per-round metrics as a pandas DataFrame indexed by round."""
-        import pandas as pd
-
         return pd.DataFrame(self.history).set_index("round")
 
 
@@ -86,17 +88,6 @@ def client_metric(client_log: list, key: str) -> np.ndarray:
     for x in log:
         out[x["round"] - 1, x["client"]] = x[f"client_{key}"]
     return out
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed that depends on every part (SeedSequence hashing, so nearby inputs decorrelate)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def state_nbytes(state: dict) -> int:
@@ -143,14 +134,32 @@ def check_tensors(what: str, tensors: dict) -> None:
             raise PayloadError(f"{what} {key!r} contains NaN or inf")
 
 
+def lazy(build: Callable[[], Callable]) -> Callable:
+    """A function that calls ``build()`` on its first call and then forwards to what it returned.
+
+    Server-only parts of a :class:`Federation` (an evaluation that precomputes reference
+    log-probs, a validation set) are wrapped in it, so a process that only runs clients (a Flower
+    ClientApp) never does their set-up work.
+    """
+    built: list = []
+
+    def call(*args):
+        if not built:
+            built.append(build())
+        return built[0](*args)
+
+    return call
+
+
 @dataclass
 class Federation:
     """One algorithm run, as the round loop needs it: built once per process by an algorithm's
     ``federation(cfg)``, run in process by :meth:`run` or on Flower by :mod:`fedalign_lite.federated.flower`.
 
     ``check_update(update)`` and ``check_phase1(payload)`` add the algorithm's own checks (raise
-    :class:`PayloadError`) to :func:`check_upload`; ``artifacts`` holds what callers inspect after
-    a run (model, tokenizer, data), never sent anywhere.
+    :class:`PayloadError`) to :func:`check_upload`; ``update.client_id`` is the sender, as the
+    transport knows it. ``finish(global_state)`` loads the final state into the artifacts' model;
+    ``artifacts`` holds what callers inspect after a run (model, tokenizer, data), never sent anywhere.
     """
     client_update: Callable[[ClientContext], ClientUpdate]
     aggregate: Callable
@@ -168,16 +177,25 @@ class Federation:
     check_update: Callable[[ClientUpdate], None] | None = None
     check_phase1: Callable[[dict], None] | None = None
     evaluate_needs_personal: bool = False   # evaluate reads personal states (they never leave Flower clients)
+    finish: Callable[[dict], None] | None = None
     artifacts: dict = field(default_factory=dict)
 
-    def loop_arguments(self) -> dict:
-        """Keyword arguments of :func:`run_federated`: every field but the two the loop does not take."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("evaluate_needs_personal", "artifacts")}
+    def __post_init__(self) -> None:
+        check_positive("num_clients", self.num_clients, integer=True)
+        check_positive("rounds", self.rounds, integer=True)
+        self.clients_per_round = self.clients_per_round or self.num_clients
+        check_positive("clients_per_round", self.clients_per_round, integer=True)
+        if (self.phase1 is None) != (self.combine_phase1 is None):
+            raise ValueError("phase1 and combine_phase1 come together: give both or neither")
 
     def run(self, *, run_dir: str | Path | None = None, resume: bool = True, progress: bool = True) -> FederatedRun:
-        """All rounds in this process (:func:`run_federated`)."""
-        return run_federated(**self.loop_arguments(), run_dir=run_dir, resume=resume, progress=progress)
+        """All rounds in this process (:func:`run_federated`); the result carries ``artifacts`` with
+        the final global state loaded (``finish``)."""
+        result = run_federated(self, run_dir=run_dir, resume=resume, progress=progress)
+        if self.finish is not None:
+            self.finish(result.global_state)
+        result.artifacts = self.artifacts
+        return result
 
 
 class InProcessClients:
@@ -236,41 +254,32 @@ def _arrival_error(result, *checks) -> Exception | None:
     return None
 
 
-def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None, aggregate: Callable,
-                  global_state: dict, *, num_clients: int, rounds: int, clients_per_round: int | None = None,
-                  seed: int = 0, evaluate: Callable[[dict, int, dict], dict] | None = None,
-                  personal_states: dict | None = None, run_dir: str | Path | None = None, resume: bool = True,
-                  fingerprint: str = "", progress: bool = True, phase1: Callable | None = None,
-                  combine_phase1: Callable | None = None, download: Callable[[dict, int], dict] | None = None,
-                  check_update: Callable | None = None, check_phase1: Callable | None = None,
-                  transport=None) -> FederatedRun:
-    """Run ``rounds`` rounds and return the final state and the metrics.
+def run_federated(federation: Federation, *, transport=None, run_dir: str | Path | None = None,
+                  resume: bool = True, progress: bool = True) -> FederatedRun:
+    """Run ``federation.rounds`` rounds and return the final state and the metrics.
+
+    The :class:`Federation` supplies the algorithm: ``client_update`` and ``aggregate``, the initial
+    ``global_state`` (what the server broadcasts) and ``personal_states`` (``{client_id: dict}``,
+    missing clients start with ``{}``), ``evaluate(global_state, round, personal_states) -> {metric:
+    float}`` (called after every round and once on the initial state, round 0), the optional first
+    phase (``phase1``, ``combine_phase1``), ``download(global_state, client)`` (the part of the state
+    sent to that client; ``None`` sends all of it) and its own payload checks, run on arrival after
+    :func:`check_upload` / :func:`check_tensors` (a payload that fails drops its client).
 
     Args:
-        global_state: initial shared parameters ``{name: tensor}`` (what the server broadcasts).
-        evaluate: ``evaluate(global_state, round, personal_states) -> {metric: float}``, called after
-            every round and once on the initial state (round 0); ``personal_states`` is
-            ``{client_id: dict}`` (read-only), for personalized evaluation.
-        personal_states: initial ``{client_id: dict}``; missing clients start with ``{}``.
-        run_dir: where ``checkpoint.safetensors`` and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
-        fingerprint: config hash stored in the checkpoint; resuming under another one is refused.
-        phase1, combine_phase1: the optional first phase of a round (module docstring).
-        download: ``download(global_state, client) -> dict``, the part of the global state sent to
-            that client (FedMOA sends each client its task's model); ``None`` sends all of it.
-        check_update, check_phase1: the algorithm's own payload checks, run on arrival after
-            :func:`check_upload` / :func:`check_tensors`; a payload that fails drops its client.
         transport: who runs the clients: ``None`` runs ``client_update`` here (:class:`InProcessClients`);
-            :class:`fedalign_lite.federated.flower.FlowerClients` sends them Flower messages (personal states
-            then stay on the clients, so ``evaluate`` sees ``{}``).
+            :class:`fedalign_lite.federated.flower.FlowerClients` sends them Flower messages (personal
+            states then stay on the clients, so ``evaluate`` sees ``{}``).
+        run_dir: where ``checkpoint.safetensors`` and ``metrics.jsonl`` go; ``None`` keeps nothing on disk.
+        resume: continue from ``run_dir``'s checkpoint if there is one; a checkpoint written under
+            another ``fingerprint`` (the config hash) or seed is refused.
+        progress: tqdm bars over rounds and clients.
     """
-    check_positive("num_clients", num_clients, integer=True)
-    check_positive("rounds", rounds, integer=True)
-    clients_per_round = clients_per_round or num_clients
-    check_positive("clients_per_round", clients_per_round, integer=True)
-    if (phase1 is None) != (combine_phase1 is None):
-        raise ValueError("phase1 and combine_phase1 come together: give both or neither")
-    transport = transport or InProcessClients(client_update, phase1, seed, progress)
-    state = {"round": 0, "global_state": clone_state(global_state), "server_state": {},
+    fed = federation
+    num_clients, rounds, seed, evaluate = fed.num_clients, fed.rounds, fed.seed, fed.evaluate
+    personal_states, fingerprint, download = fed.personal_states, fed.fingerprint, fed.download
+    transport = transport or InProcessClients(fed.client_update, fed.phase1, seed, progress)
+    state = {"round": 0, "global_state": clone_state(fed.global_state), "server_state": {},
              "personal_states": {k: personal_states.get(k, {}) if personal_states else {} for k in range(num_clients)},
              "history": [], "client_log": [], "fingerprint": fingerprint, "seed": seed}
     ckpt = Path(run_dir) / "checkpoint.safetensors" if run_dir is not None else None
@@ -289,16 +298,16 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
                initial=state["round"], total=rounds)
     for r in bar:
         t0 = time.perf_counter()
-        sampled = sample_clients(num_clients, clients_per_round, seed, r)
+        sampled = sample_clients(num_clients, fed.clients_per_round, seed, r)
         views = {cid: download(state["global_state"], cid) if download else state["global_state"] for cid in sampled}
         rows = {cid: {"round": r, "client": cid, "bytes_down": state_nbytes(views[cid]), "bytes_up": 0}
                 for cid in sampled}
         failed: dict = {}
         broadcast = {}
-        if phase1 is not None:
+        if fed.phase1 is not None:
             payloads = {}
             for cid, payload in transport.phase1(r, sampled, views, state["personal_states"]):
-                if error := _arrival_error(payload, lambda p: check_tensors("phase-1 upload", p), check_phase1):
+                if error := _arrival_error(payload, lambda p: check_tensors("phase-1 upload", p), fed.check_phase1):
                     failed[cid] = error
                     continue
                 rows[cid]["bytes_up"] += state_nbytes(payload)
@@ -306,11 +315,13 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
             if not payloads:
                 raise AllClientsFailedError(f"round {r}: all {len(sampled)} sampled clients failed phase 1: "
                                             + "; ".join(f"client {c}: {e}" for c, e in failed.items()))
-            broadcast, state["server_state"] = combine_phase1(r, payloads, state["server_state"])
+            broadcast, state["server_state"] = fed.combine_phase1(r, payloads, state["server_state"])
         ok = []
         live = [c for c in sampled if c not in failed]
         for cid, upd in transport.train(r, live, views, state["personal_states"], broadcast):
-            if error := _arrival_error(upd, lambda u: check_upload(u, state["global_state"]), check_update):
+            if isinstance(upd, ClientUpdate):
+                upd.client_id = cid          # the sender as the transport knows it, whatever the client said
+            if error := _arrival_error(upd, lambda u: check_upload(u, state["global_state"]), fed.check_update):
                 failed[cid] = error
                 continue
             rows[cid].update(status="ok", num_samples=int(upd.num_samples),
@@ -323,7 +334,7 @@ def run_federated(client_update: Callable[[ClientContext], ClientUpdate] | None,
         if not ok:
             raise AllClientsFailedError(f"round {r}: all {len(sampled)} sampled clients failed: "
                                         + "; ".join(f"client {x['client']}: {x['status']}" for x in rows))
-        state["global_state"], state["server_state"] = aggregate(state["global_state"], [u for _, u in ok],
+        state["global_state"], state["server_state"] = fed.aggregate(state["global_state"], [u for _, u in ok],
                                                                   state["server_state"])
         for cid, upd in ok:
             if upd.personal_state is not None:

@@ -70,9 +70,10 @@ def area_under_curve(curve) -> float:
 
 
 def mean_std(values) -> dict:
-    """``{"mean", "std", "n"}`` over seeds (population std, 0 for a single value)."""
+    """``{"per_seed", "mean", "std", "n"}`` over seeds (population std, 0 for a single value); the
+    per-seed values are kept so that paired comparisons can be made from the results file."""
     v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+    return {"per_seed": v.tolist(), "mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
 
 
 def lambda_dispersion(lambdas) -> float:
