@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 and the package registries):
 #   make figures   build .venv if missing, execute every notebook (default preset) -> figures/
-#   make test      build .venv if missing, run the unit tests and every notebook in the smoke preset
+#   make test      build .venv if missing, lint (ruff), run the unit tests and every notebook in the smoke preset
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	touch $(STAMP)
 
 test: env
+	$(BIN)/ruff check .
 	FEDALIGN_PRESET=smoke FEDALIGN_FIGURES_DIR=$$(mktemp -d) \
 	  $(BIN)/python -m pytest -q tests $(NOTEBOOKS) --nbval-lax --durations=10
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 
 def median_after_warmup(times: list, warmup: int) -> float:
@@ -16,8 +17,6 @@ def median_after_warmup(times: list, warmup: int) -> float:
 
 def step_timer(times: list):
     """A transformers TrainerCallback that appends each optimizer step's wall time to ``times``."""
-    from transformers import TrainerCallback
-
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             self.t = time.perf_counter()

@@ -17,6 +17,14 @@ from pathlib import Path
 
 import torch
 from _common import median_after_warmup, step_timer, write_result
+from datasets import Dataset
+from peft import LoraConfig
+from trl import DPOConfig, DPOTrainer
+
+from fedalign_lite.algorithms.fed_dpo import dpo_step_loss, get_preset, reference_logps
+from fedalign_lite.data.chat import format_prompt
+from fedalign_lite.data.preference import review_pairs, tokenize_pair
+from fedalign_lite.models.causal_lm import add_lora, load_model, lora_target_modules
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STEPS, WARMUP, PAIRS = 12, 3, 8
@@ -35,10 +43,6 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 
 
 def ours_s_per_step(cfg, pairs) -> float:
-    from fedalign_lite.algorithms.fed_dpo import dpo_step_loss, reference_logps
-    from fedalign_lite.models.causal_lm import add_lora, load_model
-    from fedalign_lite.data.preference import tokenize_pair
-
     model, tok = load_model(cfg.model)
     torch.manual_seed(0)
     model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
@@ -48,7 +52,7 @@ def ours_s_per_step(cfg, pairs) -> float:
     model.train()
     idx = list(range(len(data)))
     times = []
-    for step in range(STEPS + WARMUP):
+    for _ in range(STEPS + WARMUP):
         t = time.perf_counter()
         loss, _ = dpo_step_loss(model, data, ref, idx, tok.pad_token_id, cfg)
         loss.backward()
@@ -59,13 +63,6 @@ def ours_s_per_step(cfg, pairs) -> float:
 
 
 def trl_s_per_step(cfg, pairs) -> float:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
-
-    from fedalign_lite.data.chat import format_prompt
-    from fedalign_lite.models.causal_lm import load_model, lora_target_modules
-
     model, tok = load_model(cfg.model)
     times = []
 
@@ -83,8 +80,6 @@ def trl_s_per_step(cfg, pairs) -> float:
 
 
 def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) -> tuple[float, int]:
-    from fedalign_lite.models.causal_lm import load_model
-
     model, tok = load_model(cfg.model)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -101,9 +96,6 @@ def training_tokens_per_s(cfg, steps: int = 8, batch: int = 16, seq: int = 256) 
 
 
 def main() -> dict:
-    from fedalign_lite.algorithms.fed_dpo import get_preset
-    from fedalign_lite.data.preference import review_pairs
-
     torch.set_num_threads(2)
     cfg = get_preset("cpu")
     pairs = review_pairs(0)[:PAIRS]

@@ -17,6 +17,15 @@ from pathlib import Path
 
 import torch
 from _common import median_after_warmup, step_timer, write_result
+from datasets import Dataset
+from peft import LoraConfig
+from trl import GRPOConfig, GRPOTrainer
+
+from fedalign_lite.data.chat import format_prompt
+from fedalign_lite.data.tasks import arithmetic_problem
+from fedalign_lite.models.causal_lm import add_lora, load_model, lora_parameters, lora_target_modules
+from fedalign_lite.models.rollout import rollout_token_logps, sample
+from fedalign_lite.objectives.grpo import group_advantages, grpo_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STEPS, WARMUP, PROMPTS, G, MAX_NEW, BETA, LR = 8, 2, 2, 4, 20, 0.04, 1e-3
@@ -28,17 +37,11 @@ def format_reward(completions, **kwargs) -> list[float]:
 
 
 def prompts() -> list[str]:
-    from fedalign_lite.data.tasks import arithmetic_problem
-
     rng = random.Random(0)
     return [arithmetic_problem(rng)["prompt"] for _ in range(PROMPTS * (STEPS + WARMUP))]
 
 
 def ours_s_per_step() -> float:
-    from fedalign_lite.objectives.grpo import group_advantages, grpo_loss
-    from fedalign_lite.models.causal_lm import add_lora, load_model, lora_parameters
-    from fedalign_lite.models.rollout import rollout_token_logps, sample
-
     model, tok = load_model("fedalign-base")
     torch.manual_seed(0)
     policy = add_lora(model, 8, 16)
@@ -62,13 +65,6 @@ def ours_s_per_step() -> float:
 
 
 def trl_s_per_step() -> float:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
-
-    from fedalign_lite.data.chat import format_prompt
-    from fedalign_lite.models.causal_lm import load_model, lora_target_modules
-
     model, tok = load_model("fedalign-base")
     times = []
 

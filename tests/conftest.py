@@ -3,15 +3,15 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # before transformers is imported: the hub reads it once
 torch.set_num_threads(2)
+
+from fedalign_lite.models.causal_lm import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny():
     """The random-tiny model and the project tokenizer (seeded)."""
-    from fedalign_lite.models.causal_lm import load_model
-
     return load_model("random-tiny", seed=0)
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fedalign_lite.federated.aggregators import aggregate_fedavg, make_aggregator, proximal_term, weighted_average
 from fedalign_lite.errors import ConfigError
+from fedalign_lite.federated.aggregators import aggregate_fedavg, make_aggregator, proximal_term, weighted_average
 from fedalign_lite.federated.loop import ClientUpdate
 
 

@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from fedalign_lite.data import hub
-from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.algorithms.fed_dpo import FedDPOConfig, get_preset
+from fedalign_lite.data import hub
 from fedalign_lite.errors import CheckpointError, ConfigError, DataError, FedAlignError, check_probability_vector
+from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import ClientUpdate, Federation, run_federated
 from fedalign_lite.models.causal_lm import check_compatible, load_model
 

@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
 
 from fedalign_lite.data.chat import format_prompt
-from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
-from fedalign_lite.models.causal_lm import load_model
 from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
+from fedalign_lite.models.causal_lm import load_model
+from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
 
 BETA = 0.1
 
@@ -19,9 +21,6 @@ def pairs():
 
 
 def _trl_one_step(policy, ref, tok, pairs):
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     args = DPOConfig(output_dir="/tmp/fedalign-trl-test", per_device_train_batch_size=len(pairs), max_steps=1,
                      learning_rate=0.0, beta=BETA, max_length=None, report_to="none", save_strategy="no",
                      bf16=False, gradient_checkpointing=False, use_cpu=True, disable_tqdm=True, logging_steps=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedalign_lite.errors import AllClientsFailedError, CheckpointError
+from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedalign_lite.federated.loop import derive_seed, sample_clients
 
 sys.path.insert(0, str(Path(__file__).parent))

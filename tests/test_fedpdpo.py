@@ -5,13 +5,16 @@ import math
 
 import pytest
 import torch
+from datasets import Dataset
+from transformers import LlamaForSequenceClassification
+from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from fedalign_lite.algorithms import fedpdpo as F
 from fedalign_lite.data.chat import format_prompt
-from fedalign_lite.errors import ConfigError
-from fedalign_lite.objectives.dpo import sequence_logps
-from fedalign_lite.models.causal_lm import load_model
 from fedalign_lite.data.preference import client_preference_pairs, collate, critic_clients, review_pairs, tokenize_pair
+from fedalign_lite.errors import ConfigError
+from fedalign_lite.models.causal_lm import load_model
+from fedalign_lite.objectives.dpo import sequence_logps
 
 CFG = F.get_preset("smoke")
 
@@ -28,9 +31,6 @@ def _trl_args(cls, **kw):
 
 
 def test_dpo_loss_of_the_personalized_model_matches_trl(pairs):
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
     ref, _ = load_model("random-tiny", seed=1)           # another model, so the loss is not ln 2
     batch = collate([tokenize_pair(tok, p) for p in pairs], tok.pad_token_id)
@@ -49,10 +49,6 @@ def test_dpo_loss_of_the_personalized_model_matches_trl(pairs):
 
 
 def test_bradley_terry_loss_matches_trl_reward_trainer(pairs):
-    from datasets import Dataset
-    from transformers import LlamaForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
-
     model, tok = F.build_model(CFG, F.METHODS["fedpdpo"])
     torch.nn.init.normal_(model.reward.weight, std=1.0)      # a reward head that separates something
     conf = copy.deepcopy(model.peft.get_base_model().config)

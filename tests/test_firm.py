@@ -6,10 +6,11 @@ import torch
 
 from fedalign_lite import algorithms
 from fedalign_lite.algorithms import firm as F
-from fedalign_lite.models import rewards as R
 from fedalign_lite.errors import ConfigError
+from fedalign_lite.models import rewards as R
 from fedalign_lite.models.causal_lm import add_lora, apply_lora_step, load_model, lora_parameters
 from fedalign_lite.models.rollout import rollout_logps, sample
+from fedalign_lite.objectives.dpo import sequence_logps
 
 CFG = F.get_preset("smoke")
 
@@ -53,7 +54,8 @@ def test_objective_gradients_are_linear_in_the_weights():
     adv = torch.as_tensor(rewards - np.array([0.1, 0.2]), dtype=torch.float32)
     logp = rollout_logps(policy, roll)
     direct = torch.autograd.grad(((adv @ lam) * logp).mean(), lora_parameters(policy))
-    torch.testing.assert_close(lam @ grads, torch.cat([g.reshape(-1) for g in direct]), rtol=1e-5, atol=1e-6)  # float32 sums in another order
+    # float32 sums in another order: atol 1e-6 (1.2e-7 was seen with 2 threads)
+    torch.testing.assert_close(lam @ grads, torch.cat([g.reshape(-1) for g in direct]), rtol=1e-5, atol=1e-6)
 
 
 def test_apply_step_is_plain_ascent():
@@ -105,8 +107,6 @@ def test_bad_config_names_the_field(field, value, match):
 
 
 def test_rollout_logps_equal_an_unpadded_forward():
-    from fedalign_lite.objectives.dpo import sequence_logps
-
     policy, tok = load_model("random-tiny", seed=0)
     torch.manual_seed(0)
     roll = sample(policy, tok, ["Hi", "Why is the sky blue today?", "Tell me a story."], 8)

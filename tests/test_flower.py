@@ -15,12 +15,12 @@ pytest.importorskip("flwr", reason="Flower is the optional extra [flower]: pip i
                                    "(`make env`, which the README's test command runs, installs it)")
 
 from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
-
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from fedalign_lite.algorithms import federation_from_run_config  # noqa: E402
-from fedalign_lite.federated import flower  # noqa: E402
 from fedalign_lite.errors import ConfigError  # noqa: E402
+from fedalign_lite.federated import flower  # noqa: E402
 from fedalign_lite.federated.loop import FederatedRun  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,8 +55,6 @@ class LocalGrid:
 @pytest.fixture(autouse=True)
 def task_identity(monkeypatch):
     """What Flower's runtime sets in a ServerApp process before ``main`` (messages read it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
     for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
         monkeypatch.setattr(TaskIdentity, name, value)
 

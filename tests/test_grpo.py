@@ -3,14 +3,13 @@ import math
 
 import pytest
 import torch
+from trl.trainer.utils import nanstd
 
 from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
 
 
 def _trl_advantages(rewards, G):
     """TRL GRPOTrainer, multi_objective_aggregation='sum_then_normalize', scale_rewards='group' (one reward)."""
-    from trl.trainer.utils import nanstd
-
     mean = torch.nanmean(rewards.view(-1, G), dim=1).repeat_interleave(G, dim=0)
     std = nanstd(rewards.view(-1, G), dim=1).repeat_interleave(G, dim=0)
     return (rewards - mean) / (std + 1e-4)

@@ -1,4 +1,5 @@
 """The full-scale loaders, run on small local files written here in each dataset's schema."""
+import gzip
 import json
 
 import pytest
@@ -54,3 +55,23 @@ def test_bad_files(tmp_path):
         hub.load_imdb(str(tmp_path / "broken.jsonl"))
     with pytest.raises(DataError, match=r"lacks column\(s\) \['label'\]"):
         hub.load_imdb(_write(tmp_path / "nolabel.jsonl", [{"text": "a"}]))
+
+
+def test_hh_rlhf_counts_and_warns_about_pairs_without_a_shared_prompt(tmp_path):
+    d = "\n\nHuman: Hi\n\nAssistant:"
+    other = "\n\nHuman: Hello there\n\nAssistant:"
+    f = _write(tmp_path / "hh.jsonl", [{"chosen": d + " a", "rejected": d + " b"},
+                                       {"chosen": d + " a", "rejected": other + " b"}])
+    with pytest.warns(UserWarning, match="dropped 1 of 2 pairs"):
+        assert len(hub.load_hh_rlhf(f)) == 1
+
+
+def test_compressed_local_files_load_and_a_missing_one_is_a_data_error(tmp_path):
+    rows = [{"text": "great", "label": 1}, {"text": "bad", "label": 0}]
+    path = tmp_path / "imdb.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    assert hub.load_imdb(str(path)) == rows
+    with pytest.raises(DataError, match="does not exist"):
+        hub.load_imdb(str(tmp_path / "missing.jsonl.gz"))
+    assert hub.local_format("x/test.csv.xz") == "csv" and hub.local_format("openai/gsm8k") is None

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from fedalign_lite.recipes import base_model
 from fedalign_lite.data.chat import ASSISTANT, USER, format_prompt, is_refusal
-from fedalign_lite.models.causal_lm import WEIGHTS_DIR, add_lora, load_model
+from fedalign_lite.models.causal_lm import WEIGHTS_DIR, add_lora, get_adapter_state, load_model, named_lora_parameters
+from fedalign_lite.recipes import base_model
 
 
 def test_base_model_and_card():
@@ -70,8 +70,6 @@ def test_smollm2_converts_once_and_reloads(smollm2_cache, monkeypatch):
 
 
 def test_named_lora_parameters_are_the_uploaded_tensors():
-    from fedalign_lite.models.causal_lm import add_lora, get_adapter_state, named_lora_parameters
-
     model = add_lora(load_model("random-tiny")[0], 4, 8)
     named = named_lora_parameters(model)
     state = get_adapter_state(model)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import papermill
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -11,8 +12,6 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke(path, tmp_path):
-    import papermill
-
     figures = tmp_path / "figures"
     papermill.execute_notebook(str(path), str(tmp_path / path.name), cwd=str(path.parent), progress_bar=False,
                                parameters={"preset": "smoke", "figures_dir": str(figures)})

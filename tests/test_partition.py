@@ -2,9 +2,14 @@
 import numpy as np
 import pytest
 
+from fedalign_lite.data.partition import (
+    client_histograms,
+    format_histograms,
+    partition_dirichlet,
+    partition_iid,
+    partition_natural,
+)
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.data.partition import (client_histograms, format_histograms, partition_dirichlet, partition_iid,
-                                     partition_natural)
 
 
 def _check_partition(parts, n):

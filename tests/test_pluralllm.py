@@ -9,15 +9,13 @@ import torch
 from scipy.spatial.distance import jensenshannon
 
 from fedalign_lite.algorithms import pluralllm as P
-from fedalign_lite.experiments import pluralllm as experiment
 from fedalign_lite.data import survey
 from fedalign_lite.errors import ConfigError, DataError
+from fedalign_lite.experiments import pluralllm as experiment
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import Federation, run_federated
 from fedalign_lite.models.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
-from fedalign_lite.objectives.metrics import (area_under_curve, fairness, js_distance, js_distance_segments,
-                                   steps_to_fraction)
-
+from fedalign_lite.objectives.metrics import area_under_curve, fairness, js_distance, js_distance_segments, steps_to_fraction
 
 # ------------------------------------------------------------------------------------- GPO --
 

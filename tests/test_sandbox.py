@@ -3,7 +3,6 @@ import os
 import socket
 import time
 
-
 from fedalign_lite.objectives.sandbox import run_tests
 
 TESTS = [(2, 4), (3, 6)]

@@ -23,8 +23,7 @@ from fedalign_lite.data.preference import collate, review_pairs, split_clients, 
 from fedalign_lite.errors import ConfigError, check_choice
 from fedalign_lite.federated.aggregators import AGGREGATORS, make_aggregator, proximal_term
 from fedalign_lite.federated.loop import ClientUpdate, Federation, derive_seed, lazy
-from fedalign_lite.models.causal_lm import (add_lora, get_adapter_state, load_model, named_lora_parameters,
-                                            set_adapter_state)
+from fedalign_lite.models.causal_lm import add_lora, get_adapter_state, load_model, named_lora_parameters, set_adapter_state
 from fedalign_lite.objectives.dpo import dpo_loss, reward_accuracy, sequence_logps
 
 PARTITIONS = ("iid", "dirichlet", "groups")
@@ -119,7 +118,7 @@ def dpo_step_loss(model, tokenized, ref, idx, pad_id, cfg, global_state=None):
     pc, pr = logps.view(2, -1)
     loss, rc, rr = dpo_loss(pc, pr, ref[idx, 0], ref[idx, 1], cfg.beta)
     total = loss
-    if cfg.sft_weight:   # RPO-style NLL per chosen token keeps generations fluent (MEASURED.md)
+    if cfg.sft_weight:   # RPO-style NLL per chosen token keeps generations fluent (docs/foundations.md §6)
         total = total - cfg.sft_weight * (pc / b["completion_mask"][: len(idx), 1:].sum(-1)).mean()
     if global_state is not None and cfg.prox_mu:
         named = ((k, p) for k, p in named_lora_parameters(model) if k in global_state)

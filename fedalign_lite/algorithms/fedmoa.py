@@ -1,5 +1,5 @@
 """FedMOA (Wang et al. 2026): federated GRPO with hypergradient-adapted objective weights and task- and
-accuracy-aware aggregation. [RECONSTRUCTION: only the abstract is public; the client follows PAPERS.md 4.2
+accuracy-aware aggregation. [RECONSTRUCTION: only the abstract is public; the client follows docs/fedmoa.md §2
 and the server 4.3, both proposals.]
 
     client i (task math or code), objectives m = (primary correctness, format, length), weights w = softmax(s):
@@ -33,8 +33,14 @@ from fedalign_lite.data.tasks import arithmetic_problem, code_task, parse_answer
 from fedalign_lite.errors import ConfigError, PayloadError, check_choice
 from fedalign_lite.federated.aggregators import weighted_average
 from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
-from fedalign_lite.models.causal_lm import (add_lora, apply_lora_step, get_adapter_state, load_model,
-                                            lora_parameters, set_adapter_state)
+from fedalign_lite.models.causal_lm import (
+    add_lora,
+    apply_lora_step,
+    get_adapter_state,
+    load_model,
+    lora_parameters,
+    set_adapter_state,
+)
 from fedalign_lite.models.rollout import rollout_token_logps, sample
 from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
 from fedalign_lite.objectives.sandbox import run_tests

@@ -1,5 +1,5 @@
 """FedPDPO (Zhu et al. 2026): personalized federated DPO. [RECONSTRUCTION: the paper's method section and
-code are not public; this follows PAPERS.md 5.3, itself pinned to the abstract.]
+code are not public; this follows docs/fedpdpo.md §3, itself pinned to the abstract.]
 
 Per client i, on a frozen backbone f_0:
 
@@ -11,7 +11,7 @@ Per client i, on a frozen backbone f_0:
     L_i      = L_DPO(r^_i) + mu * L_BT(r~_i),  L_BT = -log sigma(r~_i(x, y_w) - r~_i(x, y_l))
     server: FedAvg of the LoRA (A, B), weighted by n_i
 
-pi_ref is the frozen backbone with the original head (no LoRA, no adapter) [choice, PAPERS.md 5.3];
+pi_ref is the frozen backbone with the original head (no LoRA, no adapter) [choice, docs/fedpdpo.md §3];
 ``reference="global"`` makes it the round-start model instead (what TRL 1.x does silently when
 handed a PeftModel). The additive loss is used, not the "complement" joint-margin variant. Accuracy
 is the implicit reward's (r^(y_w) > r^(y_l), TRL's ``rewards/accuracies``); the explicit head shapes
@@ -117,7 +117,7 @@ def get_preset(name: str, **overrides) -> PDPOConfig:
 # ----------------------------------------------------------------------------------------- model --
 
 class PersonalizedLM(nn.Module):
-    """The backbone with LoRA, plus the head, bottleneck adapter and reward head of PAPERS.md 5.3.
+    """The backbone with LoRA, plus the head, bottleneck adapter and reward head of docs/fedpdpo.md §3.
 
     One instance serves every client: a client's personal modules are loaded before its update
     (:meth:`load_personal`) and saved after it (:meth:`personal_state`).
@@ -250,7 +250,7 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 
 def pdpo_loss(model: PersonalizedLM, batch: dict, ref: torch.Tensor, cfg: PDPOConfig):
-    """L = L_DPO + mu * L_BT (PAPERS.md 5.3) on a collated batch; ``ref`` is (B, 2) reference log-probs."""
+    """L = L_DPO + mu * L_BT (docs/fedpdpo.md §3) on a collated batch; ``ref`` is (B, 2) reference log-probs."""
     logps, rewards = pair_scores(model, batch)
     pc, pr = logps.view(2, -1)
     loss, rc, rr = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta)
@@ -266,7 +266,7 @@ def pdpo_loss(model: PersonalizedLM, batch: dict, ref: torch.Tensor, cfg: PDPOCo
 # ---------------------------------------------------------------------------------- the algorithm --
 
 def make_client_update(model: PersonalizedLM, train: list[list[dict]], pad_id: int, cfg: PDPOConfig):
-    """Local personalized DPO (PAPERS.md 5.3): K steps of L_DPO + mu L_BT, upload the shared part only."""
+    """Local personalized DPO (docs/fedpdpo.md §3): K steps of L_DPO + mu L_BT, upload the shared part only."""
 
     def client_update(ctx) -> ClientUpdate:
         data, ps = train[ctx.client_id], ctx.personal_state

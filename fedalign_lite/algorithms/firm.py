@@ -31,8 +31,14 @@ from fedalign_lite.data.prompts import client_prompts
 from fedalign_lite.errors import ConfigError, PayloadError, check_choice
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
-from fedalign_lite.models.causal_lm import (add_lora, apply_lora_step, get_adapter_state, load_model,
-                                            lora_parameters, set_adapter_state)
+from fedalign_lite.models.causal_lm import (
+    add_lora,
+    apply_lora_step,
+    get_adapter_state,
+    load_model,
+    lora_parameters,
+    set_adapter_state,
+)
 from fedalign_lite.models.rewards import REFERENCE, client_reward_models
 from fedalign_lite.models.rollout import rollout_logps, sample
 from fedalign_lite.objectives.metrics import cosine_disagreement, lambda_dispersion, update_dispersion

@@ -1,20 +1,20 @@
 """PluralLLM (Srewa, Zhao & Elmalaki 2025): FedAvg training of a GPO group-preference predictor.
 
-Follows the authors' code ``MoSrewa/PluralLLM``@f4e4d9b as summarised in PAPERS.md 2.4-2.6::
+Follows the authors' code ``MoSrewa/PluralLLM``@f4e4d9b as summarised in docs/pluralllm.md §4-6::
 
     server: theta_0 = GPO init; all 8 training groups are clients and take part every round
     for round r in 1..R:
-        for each client g:                                   # PAPERS.md 2.4
+        for each client g:                                   # docs/pluralllm.md §4
             load theta_r into g's model
             for e in 1..E (E = 6):                           # one minibatch per local "epoch"
                 sample n_ctx, n_tar ~ U[.], disjoint random context / target questions of g
-                loss = -sum_target log N(y | softmax_q(mean), std)        # GPO loss (PAPERS.md 1.4)
+                loss = -sum_target log N(y | softmax_q(mean), std)        # GPO loss (docs/foundations.md §4)
                 Adam step; cosine LR (T_max = 100) stepped every batch
             upload theta_g and n_g = options in the FIRST local batch (n_ctx + n_tar tokens)
         theta_{r+1} = sum_g n_g / sum n * theta_g            # FedAvg over every state_dict entry
-    alignment score AS = 1 - mean JS distance on the 6 held-out groups (PAPERS.md 2.6)
+    alignment score AS = 1 - mean JS distance on the 6 held-out groups (docs/pluralllm.md §6)
 
-The code's quirks are reproduced by default, each with a flag that fixes it (PAPERS.md 2.4):
+The code's quirks are reproduced by default, each with a flag that fixes it (docs/pluralllm.md §4):
 1. ``persistent_optimizer=True``: the client Adam state and LR schedule persist across rounds
    (False: a fresh Adam every round).
 2. ``cosine_tmax=100``: the cosine LR passes its minimum after ~17 rounds and oscillates
@@ -22,7 +22,7 @@ The code's quirks are reproduced by default, each with a flag that fixes it (PAP
 3. ``fedavg_weights="sampled"``: FedAvg weights are the random token counts of the first batch
    ("questions": each client's number of training questions).
 
-The centralized baseline (PAPERS.md 2.5) takes one Adam step per epoch on a batch of all 8 training
+The centralized baseline (docs/pluralllm.md §5) takes one Adam step per epoch on a batch of all 8 training
 groups; ``steps_per_epoch=local_steps`` is the compute-matched variant (48 group-gradients per
 epoch, as FedAvg's 8 clients x 6 steps per round).
 """
@@ -47,7 +47,7 @@ from fedalign_lite.models.gpo import GPO, gpo_loss, make_batch, sample_context_t
 from fedalign_lite.objectives.metrics import fairness, js_distance_segments
 from fedalign_lite.seeding import derive_seed, seed_everything
 
-# The paper's fixed country split (PAPERS.md 2.2), used when the data is GlobalOpinionQA
+# The paper's fixed country split (docs/pluralllm.md §2), used when the data is GlobalOpinionQA
 GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "Germany", "United States",
                   "Canada", "Argentina", "Australia"]
 GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
@@ -55,7 +55,7 @@ GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
 
 @dataclass(frozen=True)
 class PluralConfig(ValidatedConfig):
-    """PluralLLM's hyperparameters (PAPERS.md 2.8); question counts scale with the data set."""
+    """PluralLLM's hyperparameters (docs/pluralllm.md §8); question counts scale with the data set."""
 
     preset: str = "cpu"
     data: str = "gss"                 # "gss" (offline default) or a GlobalOpinionQA hub id / local file
@@ -136,7 +136,7 @@ def load_data(cfg: PluralConfig) -> GroupData:
         records, train, held = gss_opinions(), TRAIN_GROUPS, EVAL_GROUPS
     else:
         records, train, held = load_global_opinions(cfg.data), GLOBALQA_TRAIN, GLOBALQA_EVAL
-        # PluralLLM keeps the questions every one of its 14 countries answered (PAPERS.md 2.2)
+        # PluralLLM keeps the questions every one of its 14 countries answered (docs/pluralllm.md §2)
         records = [r for r in records if all(g in r["selections"] for g in train + held)]
     check_records(records, train + held, cfg.data)
     order = sorted(range(len(records)), key=lambda i: records[i].get("code", records[i]["question"]))
@@ -199,7 +199,7 @@ def eval_splits(cfg: PluralConfig, groups: list[str], num_questions: int) -> lis
 
 @torch.no_grad()
 def alignment(model: GPO, data: GroupData, groups: list[str], cfg: PluralConfig) -> dict:
-    """Alignment score (PAPERS.md 2.6) of ``model`` on ``groups``.
+    """Alignment score (docs/pluralllm.md §6) of ``model`` on ``groups``.
 
     For each group and each of ``eval_draws`` seeded draws, ``eval_context`` random questions are the
     context and every other question is a target; JSD = JS distance (natural log) between the
@@ -263,7 +263,7 @@ def _load_adam_state(opt: torch.optim.Adam, model: GPO, saved: dict) -> None:
 
 
 def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
-    """PluralLLM's client (PAPERS.md 2.4): E local GPO steps on one group, FedAvg weight n_g."""
+    """PluralLLM's client (docs/pluralllm.md §4): E local GPO steps on one group, FedAvg weight n_g."""
     t_max = cfg.cosine_tmax or cfg.rounds * cfg.local_steps
 
     def client_update(ctx) -> ClientUpdate:
@@ -317,7 +317,7 @@ def run(cfg: PluralConfig, data: GroupData | None = None, *, run_dir=None, progr
 # --------------------------------------------------------------------------------- centralized --
 
 def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1, progress: bool = True):
-    """PluralLLM's centralized baseline (PAPERS.md 2.5): all training groups in one batch per step.
+    """PluralLLM's centralized baseline (docs/pluralllm.md §5): all training groups in one batch per step.
 
     Returns (history, model); history has one row per epoch (epoch 0 = the initial model) with the
     mean training loss and :func:`eval_row`'s metrics.

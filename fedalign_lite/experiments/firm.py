@@ -75,8 +75,8 @@ def metrics_table(results: dict) -> dict:
 
     table = {}
     for d, name in enumerate(("", "_d2", "_d3")):
-        table[f"drift{name}_beta0"] = over_seeds("firm_beta0", lambda r: drift(r)[:, d].mean())
-        table[f"drift{name}_beta005"] = over_seeds("firm", lambda r: drift(r)[:, d].mean())
+        table[f"drift{name}_beta0"] = mean_std([drift(r)[:, d].mean() for r in results["firm_beta0"]])
+        table[f"drift{name}_beta005"] = mean_std([drift(r)[:, d].mean() for r in results["firm"]])
     table.update(reward_tv_firm=over_seeds("firm", reward_tv), reward_tv_fedcmoo=over_seeds("fedcmoo", reward_tv),
                  weight_std_firm=over_seeds("firm", lambda r: np.nanstd(lambdas(r))),
                  weight_std_fedcmoo=over_seeds("fedcmoo", lambda r: np.nanstd(lambdas(r))))

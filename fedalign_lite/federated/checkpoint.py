@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from fedalign_lite.errors import CheckpointError
 
@@ -52,8 +54,6 @@ def unflatten(skel, tensors: dict):
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` atomically to ``path`` (a ``.safetensors`` file)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict = {}
@@ -74,8 +74,6 @@ def load_checkpoint(path: str | Path) -> dict:
     Raises:
         CheckpointError: the file is truncated, corrupted, or not a fedalign checkpoint.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:

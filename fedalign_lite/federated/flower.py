@@ -208,7 +208,8 @@ def discover_clients(grid: Grid, num_clients: int, fingerprint: str, timeout: fl
         raise ConfigError(f"SuperNode partition-ids must cover 0..{num_clients - 1} (num_clients); missing {missing}. "
                           f"Start each with --node-config 'partition-id=<i> num-partitions={num_clients}'")
     if len(node_of) > num_clients:
-        warnings.warn(f"{len(node_of) - num_clients} SuperNode(s) with partition-id >= {num_clients} stay idle")
+        warnings.warn(f"{len(node_of) - num_clients} SuperNode(s) with partition-id >= {num_clients} stay idle",
+                      stacklevel=2)
     return {c: n for c, n in node_of.items() if c < num_clients}
 
 
@@ -231,7 +232,7 @@ def make_server_app(build: Build, on_result=None) -> ServerApp:
         timeout = float(rc["round-timeout"]) if "round-timeout" in rc else None
         if fed.evaluate_needs_personal:
             warnings.warn("this algorithm's evaluation reads every client's personal state, which stays on the "
-                          "Flower clients: the server skips evaluation")
+                          "Flower clients: the server skips evaluation", stacklevel=2)
             fed = dataclasses.replace(fed, evaluate=None)
         result = run_federated(fed, transport=FlowerClients(grid, node_of, fed.fingerprint, timeout),
                                run_dir=rc.get("run-dir") or None, progress=True)

@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedalign_lite.errors import AllClientsFailedError, CheckpointError, PayloadError, check_positive
+from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedalign_lite.seeding import derive_seed, seed_everything
 
 SCALAR_BYTES = 8   # a metric or a sample count crosses the network as one float64/int64
@@ -237,7 +237,8 @@ class InProcessClients:
 
 
 def _failed(row: dict, round_: int, error: Exception) -> dict:
-    warnings.warn(f"round {round_}: client {row['client']} left out of aggregation: {type(error).__name__}: {error}")
+    warnings.warn(f"round {round_}: client {row['client']} left out of aggregation: {type(error).__name__}: {error}",
+                  stacklevel=2)
     return {**row, "status": f"failed: {type(error).__name__}: {error}"}
 
 

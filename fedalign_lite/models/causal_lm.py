@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedalign_lite.data.assets import asset_path
 from fedalign_lite.errors import ConfigError
@@ -29,8 +31,6 @@ def cache_dir() -> Path:
 
 def load_tokenizer(path: str | Path = WEIGHTS_DIR):
     """The project's BPE tokenizer (special tokens from :mod:`fedalign_lite.data.chat`)."""
-    from transformers import PreTrainedTokenizerFast
-
     if not (Path(path) / "tokenizer.json").exists():
         raise ConfigError(f"no tokenizer.json in {path}; run `python -m fedalign_lite.recipes.base_model` to build it")
     return PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -38,8 +38,6 @@ def load_tokenizer(path: str | Path = WEIGHTS_DIR):
 
 def llama_config(tokenizer, *, hidden: int, layers: int, heads: int, max_positions: int = 256):
     """A small Llama config sized for CPU; SwiGLU width ~2.7x hidden as in Llama."""
-    from transformers import LlamaConfig
-
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 2.6875) // 8 * 8,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
@@ -64,8 +62,6 @@ def _smollm2_dir() -> Path:
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "model.safetensors").exists():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = asset_path("smollm2-135m-gguf")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -84,8 +80,6 @@ def _smollm2_dir() -> Path:
 
 def load_model(name: str, *, seed: int = 0):
     """``(model, tokenizer)`` for a model name (see the table above); model in fp32 eval mode on CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
     if name == "fedalign-base":
         if not (WEIGHTS_DIR / "model.safetensors").exists():
             raise ConfigError(f"base model weights missing in {WEIGHTS_DIR}; run `make base-model`")
@@ -123,8 +117,6 @@ def lora_target_modules(model) -> list[str]:
 
 def add_lora(model, r: int = 8, alpha: int = 16):
     """Wrap ``model`` with a fresh LoRA adapter (B = 0, so outputs are unchanged at the start)."""
-    from peft import LoraConfig, get_peft_model
-
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_target_modules(model),
                      task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
@@ -132,15 +124,11 @@ def add_lora(model, r: int = 8, alpha: int = 16):
 
 def get_adapter_state(model) -> dict:
     """Exactly what a client uploads: the LoRA state dict, detached and cloned."""
-    from peft import get_peft_model_state_dict
-
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def set_adapter_state(model, state: dict) -> None:
     """Load a LoRA state dict (as returned by :func:`get_adapter_state`) into ``model`` in place."""
-    from peft import set_peft_model_state_dict
-
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
@@ -150,8 +138,6 @@ def set_adapter_state(model, state: dict) -> None:
 def named_lora_parameters(model) -> list:
     """``[(key as in get_adapter_state, parameter)]`` for the trainable LoRA weights, in parameter order.
     Matched by storage, not by editing names, so it holds whatever the adapter is called."""
-    from peft import get_peft_model_state_dict
-
     key_of = {t.data_ptr(): k for k, t in get_peft_model_state_dict(model).items()}
     return [(key_of[p.data_ptr()], p) for p in model.parameters() if p.requires_grad and p.data_ptr() in key_of]
 

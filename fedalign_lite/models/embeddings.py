@@ -1,4 +1,4 @@
-"""One embedding per (question, option), computed once and cached (GPO's ``get_embeds``, PAPERS.md 1.4).
+"""One embedding per (question, option), computed once and cached (GPO's ``get_embeds``, docs/foundations.md §4).
 
 GPO embeds the Alpaca prompt "Answer the following question by picking ONE of the given options",
 the question, the lettered options and the chosen option, mean-pooling the last hidden layer of the

@@ -1,4 +1,4 @@
-"""GPO, the group-preference predictor PluralLLM trains (PAPERS.md 1.4; Zhao, Dang & Grover 2024).
+"""GPO, the group-preference predictor PluralLLM trains (docs/foundations.md §4; Zhao, Dang & Grover 2024).
 
 One token per (question, option): its embedding x and the group's probability mass y on that
 option. The sequence is [context tokens (x, y)] ++ [target tokens (x, 0)]; every token attends only

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedalign_lite.data.assets import contains_profanity, minilm_embedder, offensive_probability
+from fedalign_lite.data.assets import contains_profanity, minilm_embedder, offensive_probability, truthfulqa
 from fedalign_lite.data.chat import is_refusal
+from fedalign_lite.data.tasks import REFUSALS
 from fedalign_lite.errors import check_choice, check_positive
 
 OBJECTIVES = ("helpfulness", "harmlessness")
@@ -109,9 +110,6 @@ def reward_model_accuracy(n: int = 200, seed: int = 0) -> dict:
     * ``relevance/<scorer>``: how often a TruthfulQA question's correct answer scores above the
       correct answer of another question (pairwise accuracy).
     """
-    from fedalign_lite.data.assets import truthfulqa
-    from fedalign_lite.data.tasks import REFUSALS
-
     rng = np.random.default_rng(seed)
     rows = [truthfulqa()[i] for i in rng.permutation(len(truthfulqa()))[:n]]
     questions, answers = [r["question"] for r in rows], [r["answers"][0] for r in rows]

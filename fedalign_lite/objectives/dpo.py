@@ -1,4 +1,4 @@
-"""Sequence log-probabilities and the DPO loss (PAPERS.md 1.6), checked against TRL in the tests."""
+"""Sequence log-probabilities and the DPO loss (docs/foundations.md §6), checked against TRL in the tests."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,5 @@
-"""GRPO's group-normalized advantages and clipped loss (PAPERS.md 1.5), per objective, and the
-hypergradient update of objective weights (PAPERS.md 1.7, FedMOA's 4.2 [PROPOSAL]).
+"""GRPO's group-normalized advantages and clipped loss (docs/foundations.md §5), per objective, and the
+hypergradient update of objective weights (docs/foundations.md §7, docs/fedmoa.md §2 [PROPOSAL]).
 
 Shapes: N = B prompts x G samples, rows grouped by prompt (the G samples of prompt b are rows
 b*G .. b*G+G-1); T response tokens; M objectives.
@@ -22,7 +22,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor,
               advantages: torch.Tensor, clip_eps: float = 0.2, beta_kl: float = 0.0) -> torch.Tensor:
-    """-(1/N) sum_j (1/|o_j|) sum_t [min(rho A_j, clip(rho, 1-eps, 1+eps) A_j) - beta KL_t]  (PAPERS.md 1.5).
+    """-(1/N) sum_j (1/|o_j|) sum_t [min(rho A_j, clip(rho, 1-eps, 1+eps) A_j) - beta KL_t]  (docs/foundations.md §5).
 
     ``logp``, ``old_logp``, ``ref_logp``, ``mask`` are (N, T) per-token values (mask 1 on response tokens);
     ``advantages`` is (N,). KL_t is the k3 estimator pi_ref/pi - log(pi_ref/pi) - 1.

@@ -44,7 +44,7 @@ def fairness(scores) -> dict:
     """Group-fairness summaries of per-group scores (higher score = better for that group).
 
     ``fi_cv`` = 1 - std/mean (population std), the primary index; ``jain`` = (sum s)^2 / (n sum s^2);
-    ``worst`` = min s. [PROPOSAL: PluralLLM's fairness formula is unknown, PAPERS.md 2.6.]
+    ``worst`` = min s. [PROPOSAL: PluralLLM's fairness formula is unknown, docs/pluralllm.md §6.]
     """
     s = np.asarray(scores, dtype=np.float64)
     return {"fi_cv": float(1 - s.std() / s.mean()), "jain": float(s.sum() ** 2 / (len(s) * (s ** 2).sum())),
@@ -56,7 +56,7 @@ def steps_to_fraction(curve, fraction: float = 0.95, relative_to_start: bool = F
 
     With ``relative_to_start`` the target is ``curve[0] + fraction * (max - curve[0])``: 95% of the run's
     gain, which stays informative when the starting value is already close to the maximum.
-    [PROPOSAL: the paper's convergence definition is unknown, PAPERS.md 2.6.]
+    [PROPOSAL: the paper's convergence definition is unknown, docs/pluralllm.md §6.]
     """
     c = np.asarray(curve, dtype=np.float64)
     target = c[0] + fraction * (c.max() - c[0]) if relative_to_start else fraction * c.max()
@@ -77,7 +77,7 @@ def mean_std(values) -> dict:
 
 
 def lambda_dispersion(lambdas) -> float:
-    """D1 (PAPERS.md 3.4): (1/N) sum_i ||lambda_i - mean_j lambda_j||^2 over the N clients' weights (N, M)."""
+    """D1 (docs/firm.md §4): (1/N) sum_i ||lambda_i - mean_j lambda_j||^2 over the N clients' weights (N, M)."""
     lam = np.asarray(lambdas, dtype=np.float64)
     return float(((lam - lam.mean(0)) ** 2).sum(1).mean())
 

@@ -27,10 +27,11 @@ import zlib
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fedalign_lite.data import assets
-from fedalign_lite.data import tasks
+from fedalign_lite.data import assets, tasks
 from fedalign_lite.data.chat import EOS, SPECIAL_TOKENS, format_prompt, is_refusal
 from fedalign_lite.models.causal_lm import WEIGHTS_DIR, llama_config
 
@@ -92,9 +93,6 @@ def build_corpus(seed: int = 0, n_generated: int = 6000) -> dict:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE with the chat special tokens; deterministic for a given text order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -234,8 +232,8 @@ Instruction tuning ({card['sft_steps']} steps, loss on the response only) sample
 
 ## Recipe and cost
 
-{card['pretrain_steps']} pretraining steps of {card['batch']} x {card['seq_len']} tokens, AdamW (lr {card['lr']}, weight decay 0.1,
-warm-up then cosine), then {card['sft_steps']} instruction steps at lr/3. Wall time: tokenizer and corpus
+{card['pretrain_steps']} pretraining steps of {card['batch']} x {card['seq_len']} tokens, AdamW (lr {card['lr']},
+weight decay 0.1, warm-up then cosine), then {card['sft_steps']} instruction steps at lr/3. Wall time: tokenizer and corpus
 {sec['tokenizer_and_corpus']} s, pretraining {sec['pretrain']} s, instruction tuning {sec['sft']} s, total {sec['total']} s, at
 {card['pretrain_tokens_per_s']:,} training tokens/s ({card['machine']}; the host is shared, so expect 2-7x slower at times).
 Loss: pretraining {card['pretrain_loss_first_last'][0]} -> {card['pretrain_loss_first_last'][1]}, instruction
@@ -298,7 +296,6 @@ def main(argv: list[str] | None = None) -> dict:
     tok = train_tokenizer(corpus["pretrain"], args.vocab)
     t_tok = time.time() - t0
 
-    from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM(llama_config(tok, hidden=args.hidden, layers=args.layers, heads=max(1, args.hidden // 64)))
     n_params = sum(p.numel() for p in model.parameters())
