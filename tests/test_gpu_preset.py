@@ -20,7 +20,8 @@ TINY = {
         "gpu", num_clients=2, rounds=1, local_steps=1, batch_size=2, max_new_tokens=4, prompts_per_client=4,
         eval_prompts=2))),
     "fedmoa": (lambda: fedmoa.federation(fedmoa.get_preset(
-        "gpu", rounds=1, local_steps=1, prompts_per_step=1, group_size=2, max_new_tokens=6, eval_prompts=1))),
+        "gpu", num_clients=4, rounds=1, local_steps=1, prompts_per_step=1, group_size=2, max_new_tokens=6,
+        eval_prompts=1))),
 }
 
 
