@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 and the package registries):
-#   make figures   build .venv if missing, execute every notebook (default preset) -> figures/
+#   make figures   build .venv if missing, execute every notebook (default preset) -> figures/, REPORT.md
 #   make test      build .venv if missing, lint (ruff), run the unit tests and every notebook in the smoke preset
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +14,7 @@ EXTRAS ?= flower
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test figures lab bench base-model lock clean
+.PHONY: env test figures report lab bench base-model lock clean
 
 env: $(STAMP)
 
@@ -37,6 +37,11 @@ figures: env
 	mkdir -p build/notebooks
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 	  ../$(BIN)/papermill $$nb ../build/notebooks/$$nb -p preset $(PRESET) --cwd . || exit 1; done
+	$(MAKE) report
+
+# REPORT.md and the README's tally, from figures/<paper>/claims.json
+report: env
+	$(BIN)/python -m fedalign_lite.experiments.report --figures figures --out REPORT.md --readme README.md
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
