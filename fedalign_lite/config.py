@@ -40,7 +40,7 @@ class ValidatedConfig:
 
     def check_numbers(self, *, integers=(), positives=(), non_negatives=()) -> None:
         """ConfigError unless the named fields are positive integers, positive numbers, numbers >= 0;
-        ``seed`` must be an integer >= 0."""
+        ``seed`` and ``data_seed`` must be integers >= 0."""
         for name in integers:
             check_positive(name, getattr(self, name), integer=True)
         for name in positives:
@@ -48,6 +48,7 @@ class ValidatedConfig:
         for name in non_negatives:
             check_positive(name, getattr(self, name), allow_zero=True)
         check_positive("seed", self.seed, integer=True, allow_zero=True)
+        check_positive("data_seed", self.data_seed, integer=True, allow_zero=True)
 
     def replace(self, **changes):
         """A copy with ``changes`` applied and validated; unknown field names are a ConfigError."""

@@ -55,6 +55,8 @@ class FedDPOConfig(ValidatedConfig):
     num_pairs: int = 400            # training preference pairs over all clients
     eval_pairs: int = 64            # held-out pairs for the global evaluation
     persistent_optimizer: bool = False   # keep each client's Adam moments across rounds (PluralLLM's code does)
+    data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
+                                    # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -185,7 +187,7 @@ def federation(cfg: FedDPOConfig) -> Federation:
     model, tok = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    pairs = review_pairs(cfg.seed)
+    pairs = review_pairs(cfg.data_seed)
     train, held = pairs[: cfg.num_pairs], pairs[cfg.num_pairs: cfg.num_pairs + cfg.eval_pairs]
     parts = split_clients(train, cfg)
     tokenized = [[tokenize_pair(tok, train[i]) for i in part] for part in parts]

@@ -73,6 +73,8 @@ class MOAConfig(ValidatedConfig):
     noise: float = 0.3               # probability that a noisy client's primary reward is flipped
     accuracy_source: str = "server"  # "server" validation set, or the client's own reward on its held-out prompts
     eval_prompts: int = 8            # per task, for the global and personalized evaluation (greedy)
+    data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
+                                    # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -232,7 +234,7 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
         metrics = {"w_primary": float(w_mean[0]), "w_format": float(w_mean[1]), "w_length": float(w_mean[2]),
                    "sat_format": float(sat[0]), "sat_length": float(sat[1])}
         if cfg.task_aware and cfg.accuracy_source == "client":   # its own (possibly noisy) reward on held-out prompts
-            held = [make_task(client.task, random.Random(derive_seed(cfg.seed, ctx.client_id, 55, i)))
+            held = [make_task(client.task, random.Random(derive_seed(cfg.data_seed, ctx.client_id, 55, i)))
                     for i in range(cfg.eval_prompts)]
             texts = sample(policy, tok, [t["prompt"] for t in held], cfg.max_new_tokens, greedy=True).texts
             metrics["val_acc"] = float(np.mean([client_rewards(client, t, [r], rng, cfg)[0, 0]
@@ -246,7 +248,7 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
 
 def validation_tasks(cfg: MOAConfig, purpose: int) -> dict:
     """Fixed prompts per task (``purpose`` 0 = server validation, 1 = evaluation), disjoint streams."""
-    rng = random.Random(derive_seed(cfg.seed, 77, purpose))
+    rng = random.Random(derive_seed(cfg.data_seed, 77, purpose))
     return {t: [make_task(t, rng) for _ in range(cfg.eval_prompts)] for t in TASKS}
 
 

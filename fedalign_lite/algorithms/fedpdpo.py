@@ -85,6 +85,8 @@ class PDPOConfig(ValidatedConfig):
     critic_fraction: float = 0.3    # non-IID: share of clients whose rater prefers the rotten review
     method: str = "fedpdpo"         # a key of METHODS: which parts are shared, personal or absent
     setting: str = "noniid"         # "iid", "noniid" (topic and preference skew) or "cross" (3 domains)
+    data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
+                                    # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -72,6 +72,8 @@ class FIRMConfig(ValidatedConfig):
     eval_prompts: int = 16           # held-out, half harmful; the global policy answers greedily
     fedcmoo_lr: float = 1e-3         # FedCMOO-A's FindWeights (its README defaults)
     fedcmoo_iters: int = 1000
+    data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
+                                    # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -210,8 +212,8 @@ def build(cfg: FIRMConfig, client_parts: Callable[..., dict]) -> Federation:
     torch.manual_seed(cfg.seed)
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     pools, held = client_prompts(cfg.num_clients, cfg.prompts_per_client, cfg.eval_prompts, cfg.partition,
-                                 cfg.alpha, cfg.batch_size, cfg.seed)
-    rms = client_reward_models(cfg.num_clients, cfg.same_rms, cfg.seed)
+                                 cfg.alpha, cfg.batch_size, cfg.data_seed)
+    rms = client_reward_models(cfg.num_clients, cfg.same_rms, cfg.data_seed)
     return Federation(aggregate=aggregate_with_drift, global_state=get_adapter_state(policy),
                       num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
                       evaluate=lazy(lambda: make_evaluate(policy, tok, held, cfg)), fingerprint=cfg.fingerprint(),

@@ -77,6 +77,8 @@ class PluralConfig(ValidatedConfig):
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
     eval_context: int = 20            # context questions per held-out group at evaluation
     eval_draws: int = 4               # random context draws averaged per group [choice: the code draws once]
+    data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
+                                    # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -191,7 +193,7 @@ def eval_splits(cfg: PluralConfig, groups: list[str], num_questions: int) -> lis
     out = []
     for gi, g in enumerate(groups):
         for d in range(cfg.eval_draws):
-            rng = random.Random(derive_seed(cfg.seed, 7919, gi, d))
+            rng = random.Random(derive_seed(cfg.data_seed, 7919, gi, d))
             ctx, tar = sample_context_targets(list(range(num_questions)), cfg.eval_context, num_questions, rng)
             out.append((g, ctx, tar))
     return out
@@ -227,7 +229,7 @@ def predict(model: GPO, data: GroupData, group: str, question: int, cfg: PluralC
     """The predicted distribution over ``question``'s options for ``group``, from the first eval draw's context."""
     model.eval()
     others = [q for q in range(len(data.records)) if q != question]
-    rng = random.Random(derive_seed(cfg.seed, 7919, 10**6, question))   # a stream no eval draw uses
+    rng = random.Random(derive_seed(cfg.data_seed, 7919, 10**6, question))   # a stream no eval draw uses
     ctx, _ = sample_context_targets(others, cfg.eval_context, 0, rng)
     probs, _ = model(make_batch([data.group(group)], [ctx], [[question]]))
     model.train()

@@ -117,12 +117,12 @@ def pair_group(pair: dict, groups: int = 5) -> int:
 
 def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
     """Client index lists for ``pairs`` according to ``cfg.partition`` (``iid``, ``dirichlet`` over
-    :func:`pair_group` with ``cfg.alpha``, or one client per group), ``cfg.num_clients`` and ``cfg.seed``."""
+    :func:`pair_group` with ``cfg.alpha``, or one client per group), ``cfg.num_clients`` and ``cfg.data_seed``."""
     labels = [pair_group(p) for p in pairs]
     if cfg.partition == "iid":
-        return partition_iid(len(pairs), cfg.num_clients, cfg.seed)
+        return partition_iid(len(pairs), cfg.num_clients, cfg.data_seed)
     if cfg.partition == "dirichlet":
-        return partition_dirichlet(labels, cfg.num_clients, cfg.alpha, cfg.seed)
+        return partition_dirichlet(labels, cfg.num_clients, cfg.alpha, cfg.data_seed)
     names, parts = partition_natural(labels)
     if len(parts) != cfg.num_clients:
         raise ConfigError(f"partition={cfg.partition!r} gives one client per group: num_clients must be "
@@ -154,16 +154,16 @@ def client_preference_pairs(cfg, setting: str) -> tuple[list[list[dict]], list[l
     """
     n = cfg.pairs_per_client + cfg.eval_per_client
     if setting == "cross":
-        per = [review_pairs(cfg.seed)[:n], code_pairs(n, cfg.seed), math_pairs(n, cfg.seed)]
+        per = [review_pairs(cfg.data_seed)[:n], code_pairs(n, cfg.data_seed), math_pairs(n, cfg.data_seed)]
         names = list(DOMAINS)
     else:
-        pairs = review_pairs(cfg.seed)
+        pairs = review_pairs(cfg.data_seed)
         if setting == "iid":
-            parts = partition_iid(len(pairs), cfg.num_clients, cfg.seed)
+            parts = partition_iid(len(pairs), cfg.num_clients, cfg.data_seed)
         else:
-            parts = partition_dirichlet([pair_group(p) for p in pairs], cfg.num_clients, cfg.alpha, cfg.seed,
+            parts = partition_dirichlet([pair_group(p) for p in pairs], cfg.num_clients, cfg.alpha, cfg.data_seed,
                                         min_size=n)
-        per = [[pairs[i] for i in np.random.default_rng(derive_seed(cfg.seed, c)).permutation(part)[:n]]
+        per = [[pairs[i] for i in np.random.default_rng(derive_seed(cfg.data_seed, c)).permutation(part)[:n]]
                for c, part in enumerate(parts)]
         if min(len(p) for p in per) < n:
             raise ConfigError(f"pairs_per_client + eval_per_client = {n} exceeds a client's share of "
@@ -177,4 +177,4 @@ def client_preference_pairs(cfg, setting: str) -> tuple[list[list[dict]], list[l
 def critic_clients(cfg) -> list[int]:
     """Which clients' raters prefer rotten reviews in the non-IID setting (seeded)."""
     k = int(round(cfg.critic_fraction * cfg.num_clients))
-    return sorted(np.random.default_rng(derive_seed(cfg.seed, 4242)).choice(cfg.num_clients, k, replace=False).tolist())
+    return sorted(np.random.default_rng(derive_seed(cfg.data_seed, 4242)).choice(cfg.num_clients, k, replace=False).tolist())
