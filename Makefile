@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 and the package registries):
-#   make figures   build .venv if missing, execute every notebook (default preset) -> figures/, REPORT.md
+#   make figures   build .venv if missing, execute every notebook (default preset) -> figures/, REPORT.md,
+#                  and the executed notebooks as a static site in build/site/
 #   make test      build .venv if missing, lint (ruff), run the unit tests and every notebook in the smoke preset
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -38,6 +39,7 @@ figures: env
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 	  ../$(BIN)/papermill $$nb ../build/notebooks/$$nb -p preset $(PRESET) --cwd . || exit 1; done
 	$(MAKE) report
+	$(BIN)/python -m fedalign_lite.experiments.site --notebooks build/notebooks --out build/site
 
 # REPORT.md and the README's tally, from figures/<paper>/claims.json
 report: env

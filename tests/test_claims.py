@@ -13,6 +13,7 @@ from fedalign_lite.experiments.claims import (
     SignalCheck,
     check_signal,
     claims_file,
+    claims_table,
     evaluate_claim,
     interval,
     seeds_to_resolve,
@@ -129,3 +130,14 @@ def test_report_and_readme_tally_from_claims_files(tmp_path):
     with pytest.raises(ConfigError, match="must be 'no signal'"):
         failing = [check_signal(SignalCheck("moves", "s"), [0.2, -0.3, 0.25])]
         claims_file("firm", Cfg(), [0, 1, 2], 600, "abc", failing, rows)
+
+
+def test_claims_table_shows_only_what_the_file_holds():
+    class Cfg:
+        preset, model = "smoke", "random-tiny"
+
+    signal = [check_signal(SignalCheck("learns", "FedAvg learns"), [0.1, 0.2, 0.15])]
+    rows = [evaluate_claim(Claim("c", "FL beats centralized", "+4%", "AS(FL) - AS(central)"), [0.01, 0.02, 0.015])]
+    table = claims_table(claims_file("pluralllm", Cfg(), [0, 1, 2], 1.0, "abc", signal, rows))
+    assert table["verdict"].tolist() == ["reproduced", "holds"] and table["the paper"][0] == "+4%"
+    assert table["ours: mean [95% CI]"][0].startswith("0.015 [")

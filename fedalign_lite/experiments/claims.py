@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from fedalign_lite.errors import ConfigError
@@ -165,3 +166,19 @@ def write_claims(path: str | Path, document: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=1))
     tmp.replace(path)
+
+
+def claims_table(document: dict) -> pd.DataFrame:
+    """What a notebook shows of its claims file: one row per claim (the paper's value, our mean with
+    its 95% interval and n, the verdict), then one per signal check. Numbers come from the file only."""
+    def interval_text(row):
+        lo, hi = row["ci95"]
+        ci = "n/a" if math.isnan(lo) else f"[{lo:.3g}, {hi:.3g}]"
+        return f"{row['mean']:.3g} {ci}"
+
+    rows = [{"kind": "claim", "statement": c["statement"], "the paper": c["paper_value"], "metric": c["metric"],
+             "ours: mean [95% CI]": interval_text(c), "n": c["n"], "verdict": c["verdict"]} for c in document["claims"]]
+    rows += [{"kind": "signal check", "statement": s["statement"], "the paper": "", "metric": "",
+              "ours: mean [95% CI]": interval_text(s), "n": len(s["per_seed"]),
+              "verdict": "holds" if s["holds"] else "FAILS"} for s in document["signal"]]
+    return pd.DataFrame(rows)
