@@ -264,3 +264,16 @@ def test_parallel_seeds_give_the_same_numbers_as_serial():
     parallel = experiment.run_experiment(cfg, [0, 1], workers=2, progress=False)
     assert serial["summary"] == parallel["summary"]
     assert experiment.metrics_table(serial["summary"])["alignment_fl"]["n"] == 2
+
+
+def test_prior_baselines_by_hand():
+    """A held-out group that answers exactly like training group 'a': the nearest-group prior is perfect,
+    the mean-of-groups prior is off by the JS distance between a and the mean of a and b."""
+    a, b = torch.tensor([0.8, 0.2]), torch.tensor([0.2, 0.8])
+    records = [{"question": f"q{i}", "options": ["x", "y"], "code": f"q{i}"} for i in range(6)]
+    data = P.GroupData(records, [torch.zeros(2, 3)] * 6, {"a": [a] * 6, "b": [b] * 6, "c": [a] * 6},
+                       ["a", "b"], ["c"], list(range(5)))
+    cfg = P.get_preset("smoke", eval_context=2, eval_draws=1)
+    assert experiment.prior_alignment(data, cfg, "nearest") == pytest.approx(1.0)
+    expected = 1 - jensenshannon([0.5, 0.5], [0.8, 0.2])
+    assert experiment.prior_alignment(data, cfg, "mean") == pytest.approx(expected)
