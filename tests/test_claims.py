@@ -73,6 +73,7 @@ def test_by_construction_and_no_signal():
     assert verdict(interval([3.0, 3.0]), 1, by_construction=True) == "by construction"
     assert verdict(interval([3.0, 0.0]), 1, by_construction=True) == "not reproduced"
     assert verdict(interval([1.0, 1.1, 0.9]), 1, signal_ok=False) == "no signal"
+    assert verdict(interval([3.0, 3.0]), 1, by_construction=True, signal_ok=False) == "by construction"
 
 
 def test_signal_checks_hold_only_when_the_interval_excludes_zero():

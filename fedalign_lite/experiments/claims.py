@@ -10,7 +10,8 @@ stated direction. Verdicts:
 * ``reproduced``: the 95% t-interval of the mean excludes 0 on the paper's side;
 * ``direction only``: the mean has the paper's sign, but the interval includes 0;
 * ``not reproduced``: the mean has the other sign (or is 0), or the interval excludes 0 on the other side;
-* ``by construction``: the claim follows from what is sent or computed (bytes, say); it holds on every seed;
+* ``by construction``: the claim follows from what is sent or computed (bytes, say); it holds on every
+  seed, whatever the signal checks say;
 * ``no signal``: a signal check of the experiment failed, so the numbers test nothing, whatever they are.
 """
 from __future__ import annotations
@@ -99,12 +100,14 @@ def excludes_zero(ci: list, direction: int) -> bool:
 
 
 def verdict(stat: dict, direction: int, *, by_construction: bool = False, signal_ok: bool = True) -> str:
-    """The graded verdict (module docstring) of per-seed statistics from :func:`interval`."""
-    if not signal_ok:
-        return "no signal"
+    """The graded verdict (module docstring) of per-seed statistics from :func:`interval`. A claim that
+    holds by construction (what is sent, say) does not depend on training, so failed signal checks do
+    not make it ``no signal``."""
     values = np.asarray(stat["per_seed"])
     if by_construction:
         return "by construction" if np.all(direction * values > 0) else "not reproduced"
+    if not signal_ok:
+        return "no signal"
     if excludes_zero(stat["ci95"], direction):
         return "reproduced"
     if direction * stat["mean"] <= 0 or excludes_zero(stat["ci95"], -direction):
@@ -124,7 +127,7 @@ def evaluate_claim(claim: Claim, values, *, signal_ok: bool = True) -> dict:
     "ci95", "n", "verdict"}`` (plus ``std`` and, for n >= 5, ``bootstrap95``)."""
     stat = interval(values)
     return {"id": claim.id, "statement": claim.statement, "paper_value": claim.paper_value, "metric": claim.metric,
-            "direction": claim.direction, **stat,
+            "direction": claim.direction, "by_construction": claim.by_construction, **stat,
             "verdict": verdict(stat, claim.direction, by_construction=claim.by_construction, signal_ok=signal_ok)}
 
 
@@ -145,12 +148,22 @@ def claims_file(paper: str, cfg, seeds: list[int], wall_s: float, commit: str, s
     """The ``claims.json`` document (:data:`CLAIMS_KEYS`, plus the ``model``: the config's model, or
     PluralLLM's embedder). A claim evaluated while a signal check fails must say ``no signal``."""
     failing = [s["id"] for s in signal if not s["holds"]]
-    if failing and any(c["verdict"] != "no signal" for c in claims):
+    if failing and any(c["verdict"] != "no signal" and not c.get("by_construction") for c in claims):
         raise ConfigError(f"signal checks {failing} fail, so every claim's verdict must be 'no signal'; "
                           f"evaluate them with signal_ok=False")
     return {"paper": paper, "preset": cfg.preset, "model": getattr(cfg, "model", getattr(cfg, "embedder", "")),
             "seeds": list(seeds), "wall_s": round(float(wall_s), 1), "commit": commit, "signal": signal,
             "claims": claims}
+
+
+def evaluate(paper: str, cfg, seeds: list[int], wall_s: float, commit: str, signal: list[tuple],
+             claims: list[tuple]) -> dict:
+    """The ``claims.json`` document from ``[(SignalCheck, per-seed values)]`` and ``[(Claim, per-seed
+    values)]``: every claim is ``no signal`` unless every signal check holds."""
+    rows = [check_signal(check, values) for check, values in signal]
+    ok = all(r["holds"] for r in rows)
+    return claims_file(paper, cfg, seeds, wall_s, commit, rows,
+                       [evaluate_claim(claim, values, signal_ok=ok) for claim, values in claims])
 
 
 def write_claims(path: str | Path, document: dict) -> None:

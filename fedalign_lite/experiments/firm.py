@@ -7,7 +7,8 @@ from scipy.stats import spearmanr
 
 from fedalign_lite import algorithms
 from fedalign_lite.algorithms.firm import FIRMConfig
-from fedalign_lite.experiments.grid import run_grid, run_record
+from fedalign_lite.experiments.claims import Claim, SignalCheck, evaluate
+from fedalign_lite.experiments.grid import git_commit, run_grid, run_record
 from fedalign_lite.federated.loop import client_metric
 from fedalign_lite.models.rollout import sample
 from fedalign_lite.objectives.metrics import mean_std, total_variation
@@ -93,3 +94,48 @@ def metrics_table(results: dict) -> dict:
     table["bytes_up_per_round_firm"] = over_seeds("firm", upload_bytes_per_client)
     table["bytes_up_per_round_fedcmoo"] = over_seeds("fedcmoo", upload_bytes_per_client)
     return table
+
+
+# ------------------------------------------------------------------------- claims and signal --
+
+CLOSE = 0.05
+"""[choice] "the trajectories stay close" is tested as |final reward difference| < 0.05, per reward."""
+
+SIGNAL = [SignalCheck("pareto_help", "The Pareto endpoints differ in helpfulness: p = 0.9 ends more helpful than p = 0.1"),
+          SignalCheck("pareto_harm", "The Pareto endpoints differ in harmlessness: p = 0.1 ends more harmless than p = 0.9")]
+CLAIMS = [Claim("beta_lowers_drift", "beta > 0 gives less client drift (D1) than beta = 0", "reduced drift",
+                "D1(beta=0) - D1(beta), mean over rounds"),
+          Claim("smoother_rewards", "FIRM's rewards are smoother than FedCMOO-A's", "smoother training",
+                "TV(FedCMOO-A) - TV(FIRM), help + harm curves"),
+          Claim("smoother_weights", "FIRM's weights vary less than FedCMOO-A's", "smoother, consistent weights",
+                "std of lambda over rounds and clients: FedCMOO-A - FIRM"),
+          Claim("better_tradeoff", "FIRM's final trade-off is at least FedCMOO-A's", "improved trade-offs",
+                "(help + harm)(FIRM) - (help + harm)(FedCMOO-A), final"),
+          Claim("p_steers", "p moves the trade-off monotonically", "smooth trade-off control",
+                "Spearman(p, final helpfulness) over the p grid"),
+          Claim("same_vs_different_rms", "Same and different reward models end close", "nearly identical",
+                f"{CLOSE} - max |final reward difference|"),
+          Claim("iid_vs_dirichlet", "IID and Dirichlet(0.3) end close in harmlessness", "harmlessness close",
+                f"{CLOSE} - |final harmlessness difference|"),
+          Claim("one_upload", "One upload of size d per client per round", "d vs FedCMOO-A's (M + 1) d",
+                "bytes up per client per round: FedCMOO-A - FIRM", by_construction=True)]
+
+
+def claims_document(results: dict, cfg: FIRMConfig, seeds: list[int], wall_s: float) -> dict:
+    """The notebook's ``claims.json`` from :func:`run_experiment`'s records, paired by seed."""
+    def paired(a, b, f):
+        return [f(x, y) for x, y in zip(results[a], results[b])]
+
+    pareto = pareto_runs(results)
+    signal = [(SIGNAL[0], [final(hi, "help") - final(lo, "help") for hi, lo in zip(pareto[0.9], pareto[0.1])]),
+              (SIGNAL[1], [final(lo, "harm") - final(hi, "harm") for hi, lo in zip(pareto[0.9], pareto[0.1])])]
+    values = [paired("firm_beta0", "firm", lambda b0, b: drift(b0)[:, 0].mean() - drift(b)[:, 0].mean()),
+              paired("fedcmoo", "firm", lambda c, f: reward_tv(c) - reward_tv(f)),
+              paired("fedcmoo", "firm", lambda c, f: np.nanstd(lambdas(c)) - np.nanstd(lambdas(f))),
+              paired("firm", "fedcmoo", lambda f, c: final(f, "help") + final(f, "harm") - final(c, "help") - final(c, "harm")),
+              [spearmanr(PREFS, [final(pareto[p][s], "help") for p in PREFS])[0] for s in range(len(seeds))],
+              paired("same_rms", "firm", lambda s, f: CLOSE - max(abs(final(s, k) - final(f, k)) for k in ("help", "harm"))),
+              paired("iid", "firm", lambda i, f: CLOSE - abs(final(i, "harm") - final(f, "harm"))),
+              paired("fedcmoo", "firm", lambda c, f: upload_bytes_per_client(c) - upload_bytes_per_client(f))]
+    values[4] = [0.0 if np.isnan(v) else v for v in values[4]]     # a constant front has no rank order
+    return evaluate("firm", cfg, seeds, wall_s, git_commit(), signal, list(zip(CLAIMS, values)))
