@@ -142,3 +142,9 @@ def test_claims_table_shows_only_what_the_file_holds():
     table = claims_table(claims_file("pluralllm", Cfg(), [0, 1, 2], 1.0, "abc", signal, rows))
     assert table["verdict"].tolist() == ["reproduced", "holds"] and table["the paper"][0] == "+4%"
     assert table["ours: mean [95% CI]"][0].startswith("0.015 [")
+
+
+def test_a_two_sided_signal_check_holds_on_either_side():
+    differs = SignalCheck("conflict", "A differs from B", direction=0)
+    assert check_signal(differs, [-0.12, -0.10, -0.15])["holds"] and check_signal(differs, [0.12, 0.10, 0.15])["holds"]
+    assert not check_signal(differs, [0.1, -0.1, 0.05])["holds"]

@@ -53,15 +53,16 @@ class Claim:
 
 @dataclass(frozen=True)
 class SignalCheck:
-    """A precondition of the experiment, on per-seed values that must be > 0 (``direction`` 1) or < 0."""
+    """A precondition of the experiment, on per-seed values that must be > 0 (``direction`` 1), < 0
+    (-1), or different from 0 on either side (0: "A differs from B")."""
 
     id: str
     statement: str
     direction: int = 1
 
     def __post_init__(self) -> None:
-        if self.direction not in (1, -1):
-            raise ConfigError(f"signal check {self.id!r}: direction must be 1 or -1, got {self.direction!r}")
+        if self.direction not in (1, -1, 0):
+            raise ConfigError(f"signal check {self.id!r}: direction must be 1, -1 or 0, got {self.direction!r}")
 
 
 def interval(values, level: float = 0.95) -> dict:
@@ -118,8 +119,9 @@ def verdict(stat: dict, direction: int, *, by_construction: bool = False, signal
 def check_signal(check: SignalCheck, values) -> dict:
     """A signal check's row of ``claims.json``: ``{"id", "statement", "per_seed", "mean", "ci95", "holds"}``."""
     stat = interval(values)
+    sides = (1, -1) if check.direction == 0 else (check.direction,)
     return {"id": check.id, "statement": check.statement, "per_seed": stat["per_seed"], "mean": stat["mean"],
-            "ci95": stat["ci95"], "holds": excludes_zero(stat["ci95"], check.direction)}
+            "ci95": stat["ci95"], "holds": any(excludes_zero(stat["ci95"], side) for side in sides)}
 
 
 def evaluate_claim(claim: Claim, values, *, signal_ok: bool = True) -> dict:

@@ -46,7 +46,7 @@ def metrics_table(results: dict) -> dict:
 SIGNAL = [SignalCheck("iid_fedavg_learns", "Under IID, FedAvg-DPO's accuracy exceeds chance (0.5)"),
           SignalCheck("local_learns", "Local DPO's accuracy exceeds chance on the clients' own preferences (non-IID)"),
           SignalCheck("conflict", "Under non-IID, FedAvg-DPO's accuracy differs between the majority (fans) and the "
-                                  "minority (critics): the conflict personalization must resolve")]
+                                  "minority (critics): the conflict personalization must resolve", direction=0)]
 CLAIMS = [Claim("noniid_degrades", "Non-IID data degrade FedAvg-DPO", "degrades (Fig. 1)",
                 "acc(FedAvg-DPO, IID) - acc(FedAvg-DPO, non-IID)"),
           Claim("beats_fedavg", "FedPDPO beats FedAvg-DPO under non-IID", "up to +4.80 points",

@@ -68,12 +68,14 @@ def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], 
 
 
 def git_commit() -> str:
-    """The repository's HEAD commit (with ``-dirty`` for uncommitted changes), or ``"unknown"``."""
+    """The repository's HEAD commit, with ``-dirty`` when tracked files other than the outputs
+    (``figures/``, ``REPORT.md``, ``README.md``'s tally) differ from it; ``"unknown"`` outside git."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(exclude,top)figures", ":(exclude,top)REPORT.md", ":(exclude,top)README.md"],
+                               capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
