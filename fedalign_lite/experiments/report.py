@@ -101,7 +101,7 @@ def render(figures: Path, root: Path) -> str:
     missing = [PAPERS[f][0] for f in PAPERS if f not in docs]
     if missing:
         head += [f"Not yet reported through claims files: {', '.join(missing)}.", ""]
-    return "\n".join(head) + "\n".join(paper_section(f, d, figures, root) for f, d in docs.items())
+    return "\n".join(head) + "\n" + "\n".join(paper_section(f, d, figures, root) for f, d in docs.items())
 
 
 def readme_tally(figures: Path) -> str:
