@@ -291,7 +291,8 @@ def make_accuracy_aware_aggregate(policy, tok, clients: list[Client], cfg: MOACo
     def accuracies(lora: list, tasks: list[str], updates: list) -> np.ndarray:
         if cfg.accuracy_source == "client":
             return np.array([u.metrics["val_acc"] for u in updates])
-        server_val.update(server_val or validation_tasks(cfg, 0))
+        if not server_val:                     # built on the server's first aggregation only
+            server_val.update(validation_tasks(cfg, 0))
         out = []
         for state, task in zip(lora, tasks):
             set_adapter_state(policy, state)

@@ -81,15 +81,13 @@ def claims_document(results: dict, cfg: PDPOConfig, seeds: list[int], wall_s: fl
         return [x - y for x, y in zip(a, b)]
 
     fans = [c for c in range(cfg.num_clients) if c not in critics]
-    cross = [np.mean([r["history"][-1][f"acc/{i}"] for i in range(len(DOMAINS))]) for r in results["cross/fedpdpo"]]
-    cross_fedavg = [np.mean([r["history"][-1][f"acc/{i}"] for i in range(len(DOMAINS))]) for r in results["cross/fedavg"]]
     signal = [(SIGNAL[0], [a - 0.5 for a in acc("iid/fedavg")]), (SIGNAL[1], [a - 0.5 for a in acc("noniid/local")]),
               (SIGNAL[2], diff(group_acc("noniid/fedavg", fans), group_acc("noniid/fedavg", critics)))]
     values = [diff(acc("iid/fedavg"), acc("noniid/fedavg")), diff(acc("noniid/fedpdpo"), acc("noniid/fedavg")),
               diff(acc("noniid/fedpdpo"), acc("noniid/local")),
               diff(group_acc("noniid/fedpdpo", critics), group_acc("noniid/fedavg", critics)),
               *[diff(acc("noniid/fedpdpo"), acc(f"noniid/{m}")) for m in ("no_reward_head", "no_adapter", "no_personal_head")],
-              diff(cross, cross_fedavg),
+              diff(group_acc("cross/fedpdpo", range(len(DOMAINS))), group_acc("cross/fedavg", range(len(DOMAINS)))),
               [a["history"][1]["bytes_up"] - b["history"][1]["bytes_up"]
                for a, b in zip(results["noniid/fedavg"], results["noniid/fedpdpo"])]]
     return evaluate("fedpdpo", cfg, seeds, wall_s, git_commit(), signal, list(zip(CLAIMS, values)))

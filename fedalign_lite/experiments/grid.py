@@ -35,18 +35,10 @@ def run_registered(algorithm: str, cfg) -> dict:
     return run_record(algorithms.get(algorithm).run(cfg, progress=False))
 
 
-class _Job:
-    """One (variant, seed): picklable, so a spawned worker can run it."""
-
-    def __init__(self, run_one: Callable, algorithm: str, cfg):
-        self.run_one, self.algorithm, self.cfg = run_one, algorithm, cfg
-
-    def __call__(self) -> dict:
-        return {"seed": self.cfg.seed, **self.run_one(self.algorithm, self.cfg)}
-
-
-def _call(job: _Job) -> dict:
-    return job()
+def _run_job(job: tuple) -> dict:
+    """One (variant, seed) in a worker: ``job`` is (run_one, algorithm, cfg), all picklable."""
+    run_one, algorithm, cfg = job
+    return {"seed": cfg.seed, **run_one(algorithm, cfg)}
 
 
 def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], *,
@@ -59,8 +51,8 @@ def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], 
     get their ``"seed"``.
     """
     jobs = [(name, seed) for seed in seeds for name in variants]
-    calls = [_Job(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1])) for name, seed in jobs]
-    records = map_processes(_call, calls, workers, "runs", progress)
+    calls = [(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1])) for name, seed in jobs]
+    records = map_processes(_run_job, calls, workers, "runs", progress)
     out: dict[str, list[dict]] = {name: [] for name in variants}
     for (name, _), record in zip(jobs, records):
         out[name].append(record)
