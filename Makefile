@@ -15,7 +15,7 @@ EXTRAS ?= flower
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env test figures report lab bench base-model lock clean
+.PHONY: env browser test figures report lab bench base-model lock clean
 
 env: $(STAMP)
 
@@ -29,7 +29,17 @@ $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
-test: env
+# Debian's Chromium and ChromeDriver for tests/test_browser.py (JupyterLab in a real browser). Where apt is
+# unavailable this says so and the test skips with that reason.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "make browser: no apt-get; the browser test will skip"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "make browser: apt could not install chromium; the browser test will say why"; fi
+
+test: env browser
 	$(BIN)/ruff check .
 	FEDALIGN_PRESET=smoke FEDALIGN_FIGURES_DIR=$$(mktemp -d) \
 	  $(BIN)/python -m pytest -q tests $(NOTEBOOKS) --nbval-lax --durations=10
