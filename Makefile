@@ -61,6 +61,7 @@ lab: env
 bench: env
 	$(BIN)/python benchmarks/dpo_step.py
 	$(BIN)/python benchmarks/grpo_step.py
+	$(BIN)/python benchmarks/paper_steps.py
 
 base-model: env
 	$(BIN)/python -m fedalign_lite.recipes.base_model

@@ -27,9 +27,14 @@ def step_timer(times: list):
     return StepTimer()
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def write_result(out: Path, result: dict) -> dict:
     """Add peak memory, threads and versions, write ``out`` as JSON and print it."""
-    result = {**result, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    result = {**result, "peak_rss_mb": peak_rss_mb(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "note": "median over steps after warm-up; one process, so ratios are comparable on a noisy host"}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from fedalign_lite.models.rollout import rollout_token_logps, sample
 from fedalign_lite.objectives.grpo import group_advantages, grpo_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-STEPS, WARMUP, PROMPTS, G, MAX_NEW, BETA, LR = 8, 2, 2, 4, 20, 0.04, 1e-3
+STEPS, WARMUP, PROMPTS, G, MAX_NEW, BETA, LR = 8, 2, 2, 8, 32, 0.04, 1e-3
 OUT = Path(__file__).parent / "results" / "grpo_step.json"
 
 

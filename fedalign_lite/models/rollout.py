@@ -1,7 +1,8 @@
 """Sampling responses for on-policy RL, and their log-probabilities under the policy.
 
-Generation batches every prompt (left padding, KV cache). The sampled token ids are kept, so the
-log-probs are taken on exactly what was sampled (re-tokenizing the text can split it differently).
+Generation batches every prompt (left padding, KV cache) through :mod:`.sampler` for Llama-family
+models and ``generate`` for any other. The sampled token ids are kept, so the log-probs are taken on
+exactly what was sampled (re-tokenizing the text can split it differently).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fedalign_lite.data.chat import format_prompt
+from fedalign_lite.models import sampler
 
 
 @dataclass
@@ -19,6 +21,8 @@ class Rollout:
     completion_mask: torch.Tensor  # (B, T) 1 on response tokens only
     texts: list                    # B decoded responses (special tokens dropped)
     prompt_width: int              # responses start at this column
+    sampled_logps: torch.Tensor | None = None   # (B, T - prompt_width) log pi(y_t) as the sampler saw it
+                                                # (nats, untempered; 0 after EOS); None from ``generate``
 
     @property
     def response_mask(self) -> torch.Tensor:
@@ -45,12 +49,18 @@ def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature
                   add_special_tokens=False)
     finally:
         tok.padding_side = "right"
-    was_training = model.training
-    model.eval()
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id,
-                         **({} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}))
-    model.train(was_training)
+    sampled_logps = None
+    if sampler.supports(model):
+        out, sampled_logps = sampler.decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                            temperature=temperature, greedy=greedy)
+    else:
+        was_training = model.training
+        model.eval()
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                             **({} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}))
+        model.train(was_training)
     width = enc["input_ids"].shape[1]
     response = out[:, width:]
     # a response ends at its first EOS (kept: the policy chose to stop); what follows is padding
@@ -60,7 +70,8 @@ def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature
     attention = torch.cat([enc["attention_mask"], completion], 1)
     zeros = torch.zeros_like(enc["attention_mask"])
     texts = tok.batch_decode(response * completion + tok.pad_token_id * (1 - completion), skip_special_tokens=True)
-    return Rollout(out, attention, torch.cat([zeros, completion], 1), [t.strip() for t in texts], width)
+    return Rollout(out, attention, torch.cat([zeros, completion], 1), [t.strip() for t in texts], width,
+                   sampled_logps)
 
 
 def rollout_logps(model, r: Rollout) -> torch.Tensor:

@@ -15,10 +15,15 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    completion_mask: torch.Tensor) -> torch.Tensor:
     """sum_t log pi(y_t | x, y_<t) over completion tokens, shape (B,) in nats.
 
-    All inputs are (B, T); ``completion_mask`` is 1 on the response tokens.
+    All inputs are (B, T); ``completion_mask`` is 1 on the response tokens. Only the positions that
+    predict a completion token go through the LM head (``logits_to_keep``): from the column before
+    the earliest response on, which saves the head and the softmax over every row's prompt.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return completion_logps(logits, input_ids, completion_mask)
+    has = completion_mask.any(1)
+    first = int(completion_mask[has].argmax(1).min()) if has.any() else 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=input_ids.shape[1] - first + 1).logits
+    return completion_logps(logits, input_ids[:, first - 1:], completion_mask[:, first - 1:])
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
