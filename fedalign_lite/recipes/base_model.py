@@ -34,6 +34,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from fedalign_lite.data import assets, tasks
 from fedalign_lite.data.chat import EOS, SPECIAL_TOKENS, format_prompt, is_refusal
 from fedalign_lite.models.causal_lm import WEIGHTS_DIR, llama_config
+from fedalign_lite.models.rollout import sample
 
 
 def _heldout(text: str) -> bool:
@@ -156,22 +157,12 @@ def train(model, batches, steps: int, lr: float, desc: str) -> list[float]:
     return losses
 
 
-@torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True, seed: int = 0,
              batch_size: int = 32, temperature: float = 0.7) -> list[str]:
-    """Responses to chat ``prompts`` (left-padded batches, KV cache); greedy unless ``greedy=False``."""
+    """Responses to chat ``prompts`` through the rollout sampler, in batches; greedy unless ``greedy=False``."""
     torch.manual_seed(seed)
-    tok.padding_side = "left"
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok([format_prompt(p, tok) for p in prompts[i:i + batch_size]], return_tensors="pt",
-                  padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                             **({} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}),
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    tok.padding_side = "right"
-    return [o.strip() for o in out]
+    return [text for i in range(0, len(prompts), batch_size)
+            for text in sample(model, tok, prompts[i:i + batch_size], max_new_tokens, temperature, greedy).texts]
 
 
 @torch.no_grad()
