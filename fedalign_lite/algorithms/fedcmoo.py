@@ -17,7 +17,7 @@ import torch
 from fedalign_lite.algorithms import firm
 from fedalign_lite.errors import PayloadError
 from fedalign_lite.federated.loop import ClientUpdate, Federation
-from fedalign_lite.models.causal_lm import apply_lora_step, lora_parameters, set_adapter_state
+from fedalign_lite.models.causal_lm import lora_parameters, set_adapter_state
 from fedalign_lite.objectives.mgda import fedcmoo_find_weights
 
 OBJECTIVES = 2
@@ -38,7 +38,8 @@ def client_parts(cfg: firm.FIRMConfig):
             rng = np.random.default_rng(ctx.seed)
             pool = pools[ctx.client_id]
             rows = [pool[i] for i in rng.choice(len(pool), cfg.batch_size, replace=False)]
-            grads, _ = firm.objective_gradients(policy, tok, rows, rms[ctx.client_id], np.zeros(OBJECTIVES), cfg, rng)
+            grads, _ = firm.objective_gradients(policy, tok, rows, rms[ctx.client_id], *firm.critic_state(ctx.personal_state),
+                                                cfg, rng)
             return {f"g{m}": g for m, g in enumerate(grads)}
 
         def combine_phase1(round_: int, payloads: dict, server_state: dict):
@@ -51,9 +52,9 @@ def client_parts(cfg: firm.FIRMConfig):
 
         def client_update(ctx) -> ClientUpdate:
             """Phase 2: w from ``ctx.broadcast``, the client's own phase-1 gradients from ``ctx.phase1``."""
-            run = firm.start_local_run(policy, ctx)
+            run = firm.start_local_run(policy, ctx, cfg)
             w = np.asarray(ctx.broadcast["w"], dtype=np.float64)
-            apply_lora_step(policy, torch.as_tensor(w, dtype=torch.float32) @ phase1_matrix(ctx.phase1), cfg.lr)
+            run.ascend(policy, torch.as_tensor(w, dtype=torch.float32) @ phase1_matrix(ctx.phase1))
             run.lambdas.append(w)
             firm.reinforce_steps(policy, tok, pools[ctx.client_id], rms[ctx.client_id], cfg, cfg.local_steps - 1,
                                  lambda grads: w, run, np.random.default_rng(ctx.seed))

@@ -13,7 +13,7 @@ def client_parts(cfg: firm.FIRMConfig):
 
     def make(policy, tok, pools, rms):
         def client_update(ctx) -> ClientUpdate:
-            run = firm.start_local_run(policy, ctx)
+            run = firm.start_local_run(policy, ctx, cfg)
             firm.reinforce_steps(policy, tok, pools[ctx.client_id], rms[ctx.client_id], cfg, cfg.local_steps,
                                  lambda grads: cfg.p, run, np.random.default_rng(ctx.seed))
             return run.update(policy, len(pools[ctx.client_id]))

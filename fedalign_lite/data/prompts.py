@@ -22,13 +22,22 @@ def alignment_prompts(seed: int = 0) -> list[dict]:
 
 
 def client_prompts(num_clients: int, prompts_per_client: int, eval_prompts: int, partition: str, alpha: float,
-                   min_size: int, seed: int) -> tuple[list[list[dict]], list[dict]]:
+                   min_size: int, seed: int, harmful_share: float | None = None) -> tuple[list[list[dict]], list[dict]]:
     """(prompt pool per client, held-out prompts, half harmful): ``partition`` ``"dirichlet"`` splits
-    over categories with concentration ``alpha`` (every client gets at least ``min_size``), ``"iid"`` uniformly."""
+    over categories with concentration ``alpha`` (every client gets at least ``min_size``), ``"iid"`` uniformly.
+    ``harmful_share`` sets the share of harmful prompts in the rows that are split (None: the sources'
+    own mix, about a fifth harmful)."""
     rows = alignment_prompts(seed)
     held = [r for r in rows if r["harmful"]][: eval_prompts // 2]
     held += [r for r in rows if not r["harmful"]][: eval_prompts - len(held)]
-    rest = [r for r in rows if r not in held][: 4 * num_clients * prompts_per_client]
+    size = 4 * num_clients * prompts_per_client
+    rest = [r for r in rows if r not in held]
+    if harmful_share is None:
+        rest = rest[:size]
+    else:
+        n_harmful = round(harmful_share * size)
+        rest = [r for r in rest if r["harmful"]][:n_harmful] + [r for r in rest if not r["harmful"]][:size - n_harmful]
+        rest = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
     if partition == "iid":
         parts = partition_iid(len(rest), num_clients, seed)
     else:

@@ -43,14 +43,15 @@ def _run_job(job: tuple) -> dict:
 
 def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], *,
              run_one: Callable[[str, object], dict] = run_registered, workers: int = 2,
-             progress: bool = True) -> dict[str, list[dict]]:
+             progress: bool = True, seed_counts: dict[str, int] | None = None) -> dict[str, list[dict]]:
     """``{variant: [record per seed]}``: every variant of ``variants`` (``name -> (algorithm,
-    overrides of base_cfg)``) for every seed, seeds outermost, in ``workers`` processes.
+    overrides of base_cfg)``) for every seed, seeds outermost, in one pool of ``workers`` processes.
 
     ``run_one(algorithm, cfg) -> dict`` runs one job and must be importable (module level); records
-    get their ``"seed"``.
+    get their ``"seed"``. ``seed_counts`` runs the variants it names on only their first n seeds.
     """
-    jobs = [(name, seed) for seed in seeds for name in variants]
+    counts = seed_counts or {}
+    jobs = [(name, seed) for i, seed in enumerate(seeds) for name in variants if i < counts.get(name, len(seeds))]
     calls = [(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1])) for name, seed in jobs]
     records = map_processes(_run_job, calls, workers, "runs", progress)
     out: dict[str, list[dict]] = {name: [] for name in variants}

@@ -1,15 +1,18 @@
 """Two reward models that conflict, built from offline parts (FIRM's helpfulness vs harmlessness).
 
-* helpfulness = 0 for a refusal or an empty answer, else the answer's relevance to the prompt:
-  the cosine similarity of their MiniLM embeddings clipped to [0, 1] (``"minilm"``), or the share of
-  the prompt's content words the answer repeats (``"overlap"``).
+* helpfulness = 0 for a refusal or an empty answer; an answer scores (1 - w) + w * relevance, where
+  relevance is the cosine similarity of prompt and answer MiniLM embeddings clipped to [0, 1]
+  (``"minilm"``), or the share of the prompt's content words the answer repeats (``"overlap"``).
+  [choice] w = 0.25: answering is the behaviour the base model has and varies within a batch;
+  relevance of our model's near-incoherent text is a weak signal, so it adds to answering and does not
+  replace it (w = 1 is relevance alone).
 * harmlessness = 1 for refusing a harmful prompt and 0 for answering it; on a benign prompt,
   1 - P(offensive) of the answer by alt-profanity-check (``"profanity-check"``) or 1 - [contains a
   listed profane word] by better-profanity (``"wordlist"``).
 
 Answering a harmful question is helpful and harmful; refusing everything is harmless and
 unhelpful, so the two objectives genuinely conflict. ``RewardModel`` adds a client's variant:
-another scorer, a scale and Gaussian noise (FIRM's heterogeneous reward models).
+other scorers and a scale per objective (FIRM's heterogeneous reward models), optionally noise.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ OBJECTIVES = ("helpfulness", "harmlessness")
 _STOP = set("a an the of to in on for and or is are was were be do does did how what why who when where which "
             "can could should would i you me my your it its this that with by from at as about".split())
 _MINILM = None
+_EMBEDDED: dict = {}
+_EMBEDDED_MAX = 50_000
 
 
 def _content_words(text: str) -> set:
@@ -42,16 +47,39 @@ def relevance(prompts: list[str], responses: list[str], scorer: str = "minilm") 
             words = _content_words(p)
             out.append(len(words & _content_words(r)) / len(words) if words else 0.0)
         return np.asarray(out)
+    vecs = _minilm_vectors(list(prompts) + list(responses))
+    return np.clip((vecs[: len(prompts)] * vecs[len(prompts):]).sum(1), 0.0, 1.0)
+
+
+def _minilm_vectors(texts: list[str]) -> np.ndarray:
+    """(n, 384) unit MiniLM embeddings; each distinct text is encoded once per process (prompts recur
+    every step and every evaluation, and so do many short answers)."""
     global _MINILM
     _MINILM = _MINILM or minilm_embedder()
-    emb = _MINILM.encode(list(prompts) + list(responses), batch_size=64, convert_to_numpy=True,
-                         normalize_embeddings=True)
-    return np.clip((emb[: len(prompts)] * emb[len(prompts):]).sum(1), 0.0, 1.0)
+    new = list(dict.fromkeys(t for t in texts if t not in _EMBEDDED))
+    if new:
+        if len(_EMBEDDED) + len(new) > _EMBEDDED_MAX:
+            _EMBEDDED.clear()
+        # one text per forward: no padding, so a text's vector never depends on what it was batched with
+        vecs = _MINILM.encode(new, batch_size=1, convert_to_numpy=True, normalize_embeddings=True)
+        _EMBEDDED.update(zip(new, vecs))
+    return np.stack([_EMBEDDED[t] for t in texts])
 
 
-def helpfulness(prompts: list[str], responses: list[str], scorer: str = "minilm") -> np.ndarray:
-    answered = np.array([bool(r.strip()) and not is_refusal(r) for r in responses], dtype=np.float64)
-    return answered * relevance(prompts, responses, scorer)
+def answered(responses: list[str]) -> np.ndarray:
+    """(B,) 1.0 where a response is non-empty and not a refusal."""
+    return np.array([bool(r.strip()) and not is_refusal(r) for r in responses], dtype=np.float64)
+
+
+def helpfulness(prompts: list[str], responses: list[str], scorer: str = "minilm",
+                relevance_weight: float = 0.25) -> np.ndarray:
+    """(B,) answered * ((1 - w) + w * relevance), w = ``relevance_weight`` (module docstring)."""
+    w, said = relevance_weight, answered(responses)
+    rel = np.zeros(len(responses))
+    idx = np.flatnonzero(said)
+    if w and len(idx):      # a refusal scores 0 whatever its relevance: score only the answers
+        rel[idx] = relevance([prompts[i] for i in idx], [responses[i] for i in idx], scorer)
+    return said * ((1.0 - w) + w * rel)
 
 
 def harmlessness(responses: list[str], harmful: list[bool], scorer: str = "profanity-check") -> np.ndarray:
@@ -66,22 +94,26 @@ def harmlessness(responses: list[str], harmful: list[bool], scorer: str = "profa
 
 @dataclass(frozen=True)
 class RewardModel:
-    """One client's pair of reward models: scorers, a scale per objective, and noise (std)."""
+    """One client's pair of reward models: scorers, relevance's weight in helpfulness, a scale per
+    objective, and optional Gaussian noise (std)."""
 
     help_scorer: str = "minilm"
     harm_scorer: str = "profanity-check"
     scale: tuple = (1.0, 1.0)
     noise: float = 0.0
+    relevance_weight: float = 0.25
 
     def __post_init__(self):
         check_choice("help_scorer", self.help_scorer, ("minilm", "overlap"))
         check_choice("harm_scorer", self.harm_scorer, ("profanity-check", "wordlist"))
         check_positive("noise", self.noise, allow_zero=True)
+        if not 0.0 <= self.relevance_weight <= 1.0:
+            raise ValueError(f"relevance_weight must be in [0, 1], got {self.relevance_weight}")
 
     def __call__(self, prompts: list[str], responses: list[str], harmful: list[bool],
                  rng: np.random.Generator | None = None) -> np.ndarray:
         """(B, 2) rewards (helpfulness, harmlessness) of each response."""
-        r = np.stack([helpfulness(prompts, responses, self.help_scorer),
+        r = np.stack([helpfulness(prompts, responses, self.help_scorer, self.relevance_weight),
                       harmlessness(responses, harmful, self.harm_scorer)], 1) * np.asarray(self.scale)
         if self.noise:
             r = r + (rng or np.random.default_rng(0)).normal(0.0, self.noise, r.shape)
@@ -92,14 +124,16 @@ REFERENCE = RewardModel()
 """The reward models every global policy is evaluated with (no client variant)."""
 
 
-def client_reward_models(num_clients: int, same: bool, seed: int = 0) -> list[RewardModel]:
-    """Heterogeneous reward models (FIRM's Fig. 4): scorers alternate across clients, scales ~ U[0.8, 1.2],
-    noise std 0.05. ``same=True`` gives every client the reference models."""
+def client_reward_models(num_clients: int, same: bool, seed: int = 0, noise: float = 0.0) -> list[RewardModel]:
+    """Heterogeneous reward models (FIRM's Fig. 4): the relevance and offensiveness scorers alternate
+    across clients and each objective gets a scale ~ U[0.8, 1.2]; ``noise`` adds N(0, noise^2) to every
+    reward (0 by default: heterogeneity comes from the scorers, not from noise). ``same=True`` gives every
+    client the reference models."""
     if same:
         return [REFERENCE] * num_clients
     rng = np.random.default_rng(seed)
     return [RewardModel(("minilm", "overlap")[i % 2], ("profanity-check", "wordlist")[(i // 2) % 2],
-                        tuple(rng.uniform(0.8, 1.2, 2).round(3)), 0.05) for i in range(num_clients)]
+                        tuple(rng.uniform(0.8, 1.2, 2).round(3)), noise) for i in range(num_clients)]
 
 
 def reward_model_accuracy(n: int = 200, seed: int = 0) -> dict:

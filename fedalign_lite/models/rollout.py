@@ -74,19 +74,20 @@ def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature
                    sampled_logps)
 
 
-def rollout_logps(model, r: Rollout) -> torch.Tensor:
-    """Sum of log pi(response tokens) per row, (B,) in nats."""
-    return (rollout_token_logps(model, r) * r.response_mask).sum(-1)
+def rollout_logps(model, r: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """Sum of log pi(response tokens) per row, (B,) in nats (of the tempered policy, as TRL takes them)."""
+    return (rollout_token_logps(model, r, temperature) * r.response_mask).sum(-1)
 
 
-def rollout_token_logps(model, r: Rollout) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) for every response column, (B, T - prompt_width); multiply by ``response_mask``.
+def rollout_token_logps(model, r: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T(y_t | x, y_<t) for every response column, (B, T - prompt_width); multiply by
+    ``response_mask``. pi_T = softmax(logits / T), the distribution sampled at temperature T.
 
     Only the response positions go through the LM head (``logits_to_keep``), and the log-softmax is taken
     at the sampled token only (logit - logsumexp), never materialised over the vocabulary.
     """
     keep = r.input_ids.shape[1] - r.prompt_width + 1
     logits = model(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids,
-                   use_cache=False, logits_to_keep=keep).logits[:, :-1].float()
+                   use_cache=False, logits_to_keep=keep).logits[:, :-1].float() / temperature
     targets = r.input_ids[:, r.prompt_width:].unsqueeze(-1)
     return (torch.gather(logits, 2, targets).squeeze(-1) - torch.logsumexp(logits, -1))
