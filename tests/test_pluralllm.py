@@ -14,6 +14,7 @@ from fedalign_lite.errors import ConfigError, DataError
 from fedalign_lite.experiments import pluralllm as experiment
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import Federation, run_federated
+from fedalign_lite.models.embeddings import option_prompts
 from fedalign_lite.models.gpo import GPO, GPOBatch, context_only_mask, gpo_loss, make_batch, segment_softmax
 from fedalign_lite.objectives.metrics import area_under_curve, fairness, js_distance, js_distance_segments, steps_to_fraction
 
@@ -69,7 +70,12 @@ def test_gpo_loss_by_hand():
     batch = GPOBatch(torch.zeros(1, 1, 2), torch.zeros(1, 1, 1), torch.zeros(1, 3, 2),
                      torch.tensor([[[0.2], [0.8], [0.0]]]), torch.tensor([[0, 0, -1]]), torch.zeros(1, 1, dtype=bool))
     nll = lambda y, mu, s: 0.5 * math.log(2 * math.pi) + math.log(s) + (y - mu) ** 2 / (2 * s * s)  # noqa: E731
-    assert gpo_loss(probs, std, batch).item() == pytest.approx(nll(.2, .3, .5) + nll(.8, .7, 2.0), rel=1e-6)
+    real = nll(.2, .3, .5) + nll(.8, .7, 2.0)
+    # the authors' code: the mean over all 3 target slots, the padded one counting as 0
+    assert gpo_loss(probs, std, batch).item() == pytest.approx(real / 3, rel=1e-6)
+    assert gpo_loss(probs, std, batch, "per-group-sum").item() == pytest.approx(real, rel=1e-6)
+    with pytest.raises(ValueError, match="norm='sum' is not allowed"):
+        gpo_loss(probs, std, batch, "sum")
 
 
 # --------------------------------------------------------------------------------- metrics --
@@ -277,3 +283,49 @@ def test_prior_baselines_by_hand():
     assert experiment.prior_alignment(data, cfg, "nearest") == pytest.approx(1.0)
     expected = 1 - jensenshannon([0.5, 0.5], [0.8, 0.2])
     assert experiment.prior_alignment(data, cfg, "mean") == pytest.approx(expected)
+    assert experiment.prior_alignment(data, cfg, "uniform") == pytest.approx(expected)   # the mean of a, b is uniform
+
+
+def test_sampling_ceiling_is_one_minus_the_resampling_noise():
+    """Counts so large that a resample equals the shares give a ceiling of 1; small counts fall short of it,
+    by the JS distance a multinomial resample at that count has on average."""
+    a = torch.tensor([0.3, 0.7])
+    records = [{"question": f"q{i}", "options": ["x", "y"], "code": f"q{i}", "counts": {"c": 10**9}} for i in range(6)]
+    data = P.GroupData(records, [torch.zeros(2, 3)] * 6, {"a": [a] * 6, "c": [a] * 6}, ["a"], ["c"], list(range(5)))
+    cfg = P.get_preset("smoke", eval_context=2, eval_draws=20)
+    assert experiment.prior_alignment(data, cfg, "ceiling") == pytest.approx(1.0, abs=1e-3)
+    for r in records:
+        r["counts"] = {"c": 10}
+    rng = np.random.default_rng(0)
+    noise = np.mean([jensenshannon(rng.multinomial(10, [0.3, 0.7]) / 10, [0.3, 0.7]) for _ in range(20000)])
+    assert 1 - experiment.prior_alignment(data, cfg, "ceiling") == pytest.approx(noise, rel=0.15)
+    assert set(experiment.priors(data, cfg)) == {"uniform", "mean", "nearest", "ceiling"}
+
+
+def test_latent_opinions_have_the_structure_they_claim():
+    records = survey.latent_opinions(0)
+    gss = survey.gss_opinions()
+    assert [r["question"] for r in records] == [r["question"] for r in gss]
+    assert all(r["source"].startswith("synthetic") for r in records)
+    assert records == survey.latent_opinions(0) and records != survey.latent_opinions(1)   # seeded
+    # every held-out group sits between two training groups on the latent circle
+    z = records[0]["latent"]
+    for g in survey.LATENT_EVAL:
+        k = survey.LATENT_GROUPS.index(g)
+        neighbours = {survey.LATENT_GROUPS[(k - 1) % 14], survey.LATENT_GROUPS[(k + 1) % 14]}
+        assert neighbours <= set(survey.LATENT_TRAIN)
+        assert np.hypot(*z[g]) == pytest.approx(1.0)
+    # groups far apart on the circle answer differently; with strength 0 they answer alike (up to sampling)
+    flat = survey.latent_opinions(0, strength=0.0)
+    spread = [np.ptp([r["selections"][g][0] for g in survey.LATENT_GROUPS]) for r in records]
+    spread_flat = [np.ptp([r["selections"][g][0] for g in survey.LATENT_GROUPS]) for r in flat]
+    assert np.mean(spread) > 2 * np.mean(spread_flat)
+
+
+def test_option_text_fix_separates_the_options():
+    record = survey.gss_opinions()[0]
+    faithful, fixed = option_prompts(record), option_prompts(record, "option")
+    assert all(record["question"] in t for t in faithful + fixed)
+    assert all("Options:" in t for t in faithful) and not any("Options:" in t for t in fixed)
+    with pytest.raises(ValueError, match="style='bare' is not allowed"):
+        option_prompts(record, "bare")

@@ -38,12 +38,20 @@ from tqdm.auto import tqdm
 
 from fedalign_lite.config import MODELS, PRESETS, ValidatedConfig
 from fedalign_lite.data.hub import load_global_opinions
-from fedalign_lite.data.survey import EVAL_GROUPS, TRAIN_GROUPS, check_records, gss_opinions
+from fedalign_lite.data.survey import (
+    EVAL_GROUPS,
+    LATENT_EVAL,
+    LATENT_TRAIN,
+    TRAIN_GROUPS,
+    check_records,
+    gss_opinions,
+    latent_opinions,
+)
 from fedalign_lite.errors import ConfigError, check_choice, check_positive
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state
-from fedalign_lite.models.embeddings import option_embeddings
-from fedalign_lite.models.gpo import GPO, gpo_loss, make_batch, sample_context_targets
+from fedalign_lite.models.embeddings import OPTION_TEXTS, option_embeddings
+from fedalign_lite.models.gpo import GPO, LOSS_NORMS, gpo_loss, make_batch, sample_context_targets
 from fedalign_lite.objectives.metrics import fairness, js_distance_segments
 from fedalign_lite.seeding import derive_seed, seed_everything
 
@@ -58,8 +66,11 @@ class PluralConfig(ValidatedConfig):
     """PluralLLM's hyperparameters (docs/pluralllm.md §8); question counts scale with the data set."""
 
     preset: str = "cpu"
-    data: str = "gss"                 # "gss" (offline default) or a GlobalOpinionQA hub id / local file
+    data: str = "gss"                 # "gss" (offline default), "synthetic" (latent opinions, a labelled control),
+                                      # or a GlobalOpinionQA hub id / local file
     embedder: str = "minilm"          # "minilm" or a model name for mean-pooled hidden states (as GPO)
+    option_text: str = "gpo"          # what is embedded per option: GPO's prompt; "option": question + option [fix]
+    loss_norm: str = "authors"        # the authors' mean over all target slots; "per-group-sum"
     d_model: int = 128
     num_layers: int = 6
     nhead: int = 4
@@ -76,7 +87,7 @@ class PluralConfig(ValidatedConfig):
     min_questions: int = 4            # context and target counts ~ U[int(min*split), int(max*split)];
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
     eval_context: int = 20            # context questions per held-out group at evaluation
-    eval_draws: int = 4               # random context draws averaged per group [choice: the code draws once]
+    eval_draws: int = 10              # random context draws averaged per group [choice: the code draws once]
     data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
                                     # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
@@ -84,6 +95,8 @@ class PluralConfig(ValidatedConfig):
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESETS)
         check_choice("fedavg_weights", self.fedavg_weights, ("sampled", "questions"))
+        check_choice("option_text", self.option_text, OPTION_TEXTS)
+        check_choice("loss_norm", self.loss_norm, LOSS_NORMS)
         if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
             raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
                               f"or 'hub:<org>/<name>'")
@@ -136,6 +149,8 @@ def load_data(cfg: PluralConfig) -> GroupData:
     """Records, fixed train/eval groups and cached option embeddings for ``cfg.data``."""
     if cfg.data == "gss":
         records, train, held = gss_opinions(), TRAIN_GROUPS, EVAL_GROUPS
+    elif cfg.data == "synthetic":
+        records, train, held = latent_opinions(cfg.data_seed), LATENT_TRAIN, LATENT_EVAL
     else:
         records, train, held = load_global_opinions(cfg.data), GLOBALQA_TRAIN, GLOBALQA_EVAL
         # PluralLLM keeps the questions every one of its 14 countries answered (docs/pluralllm.md §2)
@@ -143,7 +158,7 @@ def load_data(cfg: PluralConfig) -> GroupData:
     check_records(records, train + held, cfg.data)
     order = sorted(range(len(records)), key=lambda i: records[i].get("code", records[i]["question"]))
     records = [records[i] for i in order]
-    x = option_embeddings(records, cfg.embedder)
+    x = option_embeddings(records, cfg.embedder, style=cfg.option_text)
     y = {g: [torch.tensor(r["selections"][g], dtype=torch.float32) for r in records] for g in train + held}
     n_train = int(len(records) * cfg.data_split)
     return GroupData(records, x, y, list(train), list(held), list(range(n_train)))
@@ -170,11 +185,11 @@ def cosine_lr(base_lr: float, step: int, t_max: int) -> float:
     return base_lr * (1 + math.cos(math.pi * step / t_max)) / 2
 
 
-def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float) -> float:
+def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float, loss_norm: str = "authors") -> float:
     """One Adam step on the GPO loss at learning rate ``lr``; returns the loss before the step."""
     for group in opt.param_groups:
         group["lr"] = lr
-    loss = gpo_loss(*model(batch), batch)
+    loss = gpo_loss(*model(batch), batch, loss_norm)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -282,7 +297,7 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
             batch = training_batch(data, [group], cfg, rng)
             if n_g is None:                              # quirk 3: tokens of the FIRST local batch
                 n_g = batch.yc.shape[1] + batch.yt.shape[1]
-            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max)))
+            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max), cfg.loss_norm))
             step += 1
         if cfg.fedavg_weights == "questions":
             n_g = len(data.train_questions)
@@ -336,7 +351,7 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
         losses = []
         for _ in range(steps_per_epoch):
             batch = training_batch(data, data.train_groups, cfg, rng)
-            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max)))
+            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max), cfg.loss_norm))
             step += 1
         history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
     return history, model

@@ -20,9 +20,20 @@ from safetensors.torch import load_file, save_file
 from fedalign_lite.data.assets import minilm_embedder
 from fedalign_lite.models.causal_lm import cache_dir, load_model
 
+OPTION_TEXTS = ("gpo", "option")
 
-def option_prompts(record: dict) -> list[str]:
-    """The text GPO embeds for each option of ``record`` (question + lettered options + the option)."""
+
+def option_prompts(record: dict, style: str = "gpo") -> list[str]:
+    """The text embedded for each option of ``record``.
+
+    ``"gpo"`` (faithful): GPO's prompt, the instruction, the question, the lettered listing of every
+    option, then the option. Mean-pooled, the options of one question then embed almost alike.
+    ``"option"`` [fix]: the question and this option only, so options differ in what is embedded.
+    """
+    if style == "option":
+        return [f"{record['question']} Answer: {o}" for o in record["options"]]
+    if style != "gpo":
+        raise ValueError(f"option text style={style!r} is not allowed; choose one of {list(OPTION_TEXTS)}")
     letters = [chr(ord("A") + i) for i in range(len(record["options"]))]
     listing = "\n".join(f"{a}. {o}" for a, o in zip(letters, record["options"]))
     head = (f"Answer the following question by picking ONE of the given options\n\n"
@@ -42,9 +53,10 @@ def _embed_lm(texts: list[str], name: str) -> torch.Tensor:
     return torch.cat(out)
 
 
-def option_embeddings(records: list[dict], embedder: str = "minilm", cache: bool = True) -> list[torch.Tensor]:
-    """Per record, a float32 tensor (options, D): the embedding of each option's prompt."""
-    texts = [t for r in records for t in option_prompts(r)]
+def option_embeddings(records: list[dict], embedder: str = "minilm", cache: bool = True,
+                      style: str = "gpo") -> list[torch.Tensor]:
+    """Per record, a float32 tensor (options, D): the embedding of each option's text (:func:`option_prompts`)."""
+    texts = [t for r in records for t in option_prompts(r, style)]
     key = hashlib.sha256(json.dumps([embedder, texts]).encode()).hexdigest()[:20]
     path = cache_dir() / "embeddings" / f"{key}.safetensors"
     if cache and path.exists():

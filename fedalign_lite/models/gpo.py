@@ -87,13 +87,22 @@ class GPO(nn.Module):
         return segment_softmax(mean, batch.tar_q), torch.exp(log_std)
 
 
-def gpo_loss(probs: torch.Tensor, std: torch.Tensor, batch: GPOBatch) -> torch.Tensor:
-    """-sum over target tokens of log N(y | softmax mean, std), averaged over the B groups.
+LOSS_NORMS = ("authors", "per-group-sum")
 
-    Padded target tokens are left out of the sum [choice: the spec does not say how GPO treats them].
+
+def gpo_loss(probs: torch.Tensor, std: torch.Tensor, batch: GPOBatch, norm: str = "authors") -> torch.Tensor:
+    """-log N(y | softmax mean, std) over the target tokens (B, Nt), padded tokens counting as 0.
+
+    ``norm="authors"``: the mean over all B x Nt slots, padded ones included (PluralLLM's and GPO's code);
+    ``"per-group-sum"``: the sum over each group's real targets, averaged over the B groups (Nt times the
+    first when nothing is padded, so its scale moves with the batch's target count).
     """
-    log_lik = torch.distributions.Normal(probs, std).log_prob(batch.yt.squeeze(-1))
-    return -(log_lik.masked_fill(batch.tar_pad, 0.0).sum(1)).mean()
+    log_lik = torch.distributions.Normal(probs, std).log_prob(batch.yt.squeeze(-1)).masked_fill(batch.tar_pad, 0.0)
+    if norm == "authors":
+        return -log_lik.mean()
+    if norm == "per-group-sum":
+        return -log_lik.sum(1).mean()
+    raise ValueError(f"norm={norm!r} is not allowed; choose one of {list(LOSS_NORMS)}")
 
 
 def _pad(rows: list[torch.Tensor], length: int) -> torch.Tensor:
