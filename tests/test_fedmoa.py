@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fedalign_lite.algorithms import fedmoa as F
+from fedalign_lite.data.tasks import parse_answer
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.federated.loop import ClientUpdate
 
@@ -91,3 +92,17 @@ def test_each_client_downloads_and_uploads_its_task_adapter_plus_scalars(runs):
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         F.get_preset("smoke", **{field: value})
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72", 72),
+    ("He earns 1,200 + 50 = <<1200+50=1250>>1,250 dollars.\n#### 1,250", 1250),      # GSM8K, comma-formatted
+    ("The total is 3 * 400,000 = 1,200,000.\n#### 1,200,000", 1_200_000),
+    ("So the answer is 12,500.", 12500),
+    ("The answer is -1,000.", -1000),
+    ("I count 3,4,5 and then 6", 6),                     # a list, not a thousands separator
+    ("2.5 + 1 = 3.5", 3.5),
+    ("no number here", None),
+])
+def test_answer_parser_reads_markers_and_thousands_separators(text, value):
+    assert parse_answer(text) == value

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from fedalign_lite.data.assets import require_columns
+from fedalign_lite.data.tasks import NUMBER
 from fedalign_lite.errors import DataError
 
 _LOCAL = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -130,7 +131,7 @@ def load_gsm8k(source: str = "openai/gsm8k", split: str = "test") -> list[dict]:
     require_columns(rows, ["question", "answer"], source)
     out = []
     for r in rows:
-        m = re.search(r"####\s*(-?[\d,\.]+)", r["answer"])
+        m = re.search(rf"####\s*({NUMBER})", r["answer"])
         if not m:
             raise DataError(f"{source}: gsm8k answer lacks '#### <number>': {r['answer'][-60:]!r}")
         out.append({"question": r["question"], "answer": float(m.group(1).replace(",", "")), "solution": r["answer"]})

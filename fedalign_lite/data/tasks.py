@@ -40,13 +40,19 @@ def arithmetic_problem(rng: random.Random, max_digits: int = 2) -> dict:
     return {"prompt": prompt, "answer": answer, "solution": f"{a} {op} {b} = {answer}. The answer is {answer}."}
 
 
+NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?"
+"""A number as answers write it: optionally signed, with thousands separators (1,234) or without."""
+
+
 def parse_answer(text: str) -> float | None:
-    """The number after 'The answer is', else the last number in ``text``; None if there is none."""
-    m = re.search(r"answer is\s*(-?\d+(?:\.\d+)?)", text)
-    nums = re.findall(r"-?\d+(?:\.\d+)?", text)
-    if m:
-        return float(m.group(1))
-    return float(nums[-1]) if nums else None
+    """The number after GSM8K's '####' marker, else after 'The answer is', else the last number in
+    ``text``; thousands separators are read (``1,234`` is 1234). None if there is no number."""
+    for marker in (r"####\s*", r"answer is\s*"):
+        m = re.search(marker + f"({NUMBER})", text)
+        if m:
+            return float(m.group(1).replace(",", ""))
+    nums = re.findall(NUMBER, text)
+    return float(nums[-1].replace(",", "")) if nums else None
 
 
 _FUNCS = [  # (description with {k}, body with {k}, argument list, python expression to test with)
