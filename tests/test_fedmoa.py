@@ -7,6 +7,7 @@ from fedalign_lite.algorithms import fedmoa as F
 from fedalign_lite.data.tasks import parse_answer
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.federated.loop import ClientUpdate
+from fedalign_lite.objectives.grpo import grpo_loss
 
 CFG = F.get_preset("smoke")
 
@@ -106,3 +107,35 @@ def test_bad_config_names_the_field(field, value, match):
 ])
 def test_answer_parser_reads_markers_and_thousands_separators(text, value):
     assert parse_answer(text) == value
+
+
+def test_hypergradient_forms_by_hand():
+    primary = torch.tensor([3.0, 4.0])                                  # |g_p| = 5
+    previous = torch.tensor([[3.0, 4.0], [0.0, 1e-9], [-4.0, 3.0]])     # aligned, vanishing, orthogonal
+    scale = previous.norm(dim=1).mean()
+    torch.testing.assert_close(F.hypergradient(primary, previous, "raw"), torch.tensor([25.0, 4e-9, 0.0]))
+    torch.testing.assert_close(F.hypergradient(primary, previous, "scaled"), torch.tensor([5.0, 0.8e-9, 0.0]) / scale)
+    cos = F.hypergradient(primary, previous, "cosine")
+    assert cos[0] == pytest.approx(1.0) and cos[1] == pytest.approx(0.8)   # a vanishing gradient keeps an O(1) cosine
+    assert F.hypergradient(primary, previous, "scaled")[1] < 1e-9           # ... the scaled form goes to 0 with it
+    with pytest.raises(ValueError, match="form='dot' is not allowed"):
+        F.hypergradient(primary, previous, "dot")
+
+
+def test_advantage_directions_plus_kl_equal_one_grpo_gradient():
+    """At ratio 1 the GRPO surrogate is linear in the advantages, so w @ (per-objective advantage directions)
+    plus the KL direction added once is exactly the ascent direction of the weighted GRPO loss with its KL."""
+    torch.manual_seed(0)
+    theta = torch.randn(5, requires_grad=True)
+    feats = torch.randn(4, 3, 5)
+    logp = torch.log_softmax(feats @ theta, -1)                  # (N=4, T=3) token log-probs with a graph to theta
+    ref, mask = logp.detach() + 0.1 * torch.randn(4, 3), torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1.0]])
+    adv, w = torch.randn(4, 3), torch.tensor([0.5, 0.3, 0.2])
+
+    def ascent(loss):
+        return torch.autograd.grad(-loss, theta, retain_graph=True)[0]
+
+    parts = torch.stack([ascent(grpo_loss(logp, logp.detach(), None, mask, adv[:, m])) for m in range(3)])
+    kl = ascent(grpo_loss(logp, logp.detach(), ref, mask, torch.zeros(4), beta_kl=0.04))
+    whole = ascent(grpo_loss(logp, logp.detach(), ref, mask, adv @ w, beta_kl=0.04))
+    torch.testing.assert_close(w @ parts + kl, whole)

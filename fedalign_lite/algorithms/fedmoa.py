@@ -6,10 +6,10 @@ and the server 4.3, both proposals.]
       for k = 1..K:
         B prompts x G samples from pi_theta; rewards r_{m,j} with the client's own definitions
         A^(m) = group-normalised advantage of objective m              (a saturated objective gives 0)
-        g_m = grad of the GRPO surrogate with A^(m)                     (LoRA parameters)
-        h_m = cos(g_primary^(k), g_m^(k-1));  s <- s + gamma w (h - <w, h>)    (hypergradient, docs/foundations.md §7;
-                                                  the cosine instead of the inner product is our choice)
-        theta <- theta + eta sum_m w_m g_m                             (= the GRPO step on sum_m w_m A^(m))
+        g_m = grad of the GRPO surrogate's advantage term with A^(m)   (LoRA parameters; no KL inside)
+        h_m = <g_p^(k) / |g_p^(k)|, g_m^(k-1)> / mean_n |g_n^(k-1)|    (hypergradient, docs/foundations.md §7;
+              s <- s + gamma w (h - <w, h>)                              the scaling is our choice, below)
+        theta <- theta + eta (sum_m w_m g_m + g_KL)                     (the k3 KL to the base, added once)
       upload theta_i, n_i   (the server knows the sender, and so its task, from the transport)
     server: within each task T, theta_T = sum_{i in T} n_i a_i theta_i / sum n_i a_i, with a_i the accuracy
       of client i's adapter on a server-held validation set of its task [choice; ``accuracy_source="client"``
@@ -68,8 +68,9 @@ class MOAConfig(ValidatedConfig):
     lora_r: int = 4
     lora_alpha: int = 8
     beta_kl: float = 0.04
-    hyper_lr: float = 5.0            # gamma: step on the weight logits per unit of cosine [PROPOSAL: unknown;
-                                     # 5 moves a weight by ~0.1 per step of consistent cosine 0.1]
+    hyper_lr: float = 5.0            # gamma: step on the weight logits per unit of h [PROPOSAL: unknown;
+                                     # 5 moves a weight by ~0.1 per step of consistent h 0.1]
+    hypergradient: str = "scaled"    # h_m: "scaled" inner product (-> 0 as g_m vanishes), "cosine", or "raw"
     noise: float = 0.3               # probability that a noisy client's primary reward is flipped
     accuracy_source: str = "server"  # "server" validation set, or the client's own reward on its held-out prompts
     eval_prompts: int = 8            # per task, for the global and personalized evaluation (greedy)
@@ -81,6 +82,7 @@ class MOAConfig(ValidatedConfig):
         check_choice("preset", self.preset, PRESETS)
         check_choice("method", self.method, METHODS)
         check_choice("accuracy_source", self.accuracy_source, ("server", "client"))
+        check_choice("hypergradient", self.hypergradient, HYPERGRADIENTS)
         check_model_name(self.model)
         self.check_numbers(integers=("num_clients", "rounds", "local_steps", "prompts_per_step", "group_size",
                                      "max_new_tokens", "lora_r", "lora_alpha", "eval_prompts"),
@@ -164,7 +166,8 @@ def client_rewards(client: Client, task: dict, responses: list[str], rng: np.ran
 
 def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng: np.random.Generator,
                         cfg: MOAConfig):
-    """One GRPO rollout: ((M, d) per-objective gradients of the surrogate, (N, M) rewards)."""
+    """One GRPO rollout: ((M, d) ascent directions of each objective's advantage term, (d,) the ascent
+    direction of the KL term (zeros without one), (N, M) rewards)."""
     tasks = [make_task(client.task, rng_py) for _ in range(cfg.prompts_per_step)]
     prompts = [t["prompt"] for t in tasks for _ in range(cfg.group_size)]
     roll = sample(policy, tok, prompts, cfg.max_new_tokens, cfg.temperature)
@@ -178,13 +181,16 @@ def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng:
         with torch.no_grad(), policy.disable_adapter():       # the frozen base is the reference
             ref = rollout_token_logps(policy, roll)
     params = lora_parameters(policy)
-    grads = []
-    for m in range(adv.shape[1]):
-        # ascent direction of objective m: minus the gradient of its GRPO loss (the KL term rides along with each)
-        loss = grpo_loss(logp, logp.detach(), ref, mask, adv[:, m], beta_kl=cfg.beta_kl)
-        g = torch.autograd.grad(-loss, params, retain_graph=m < adv.shape[1] - 1)
-        grads.append(torch.cat([x.reshape(-1) for x in g]))
-    return torch.stack(grads), rewards
+
+    def ascent(loss, last):
+        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(-loss, params, retain_graph=not last)])
+
+    # the advantage terms alone, so a saturated objective's direction is exactly 0; the KL enters once
+    grads = [ascent(grpo_loss(logp, logp.detach(), None, mask, adv[:, m]), last=m == adv.shape[1] - 1 and ref is None)
+             for m in range(adv.shape[1])]
+    kl = (ascent(grpo_loss(logp, logp.detach(), ref, mask, torch.zeros(len(adv)), beta_kl=cfg.beta_kl), last=True)
+          if ref is not None else torch.zeros_like(grads[0]))
+    return torch.stack(grads), kl, rewards
 
 
 def equal_weights(cfg: MOAConfig):
@@ -196,14 +202,34 @@ def equal_weights(cfg: MOAConfig):
     return next_weights
 
 
+HYPERGRADIENTS = ("scaled", "cosine", "raw")
+
+
+def hypergradient(primary: torch.Tensor, previous: torch.Tensor, form: str = "scaled") -> torch.Tensor:
+    """(M,) h_m comparing the primary's current direction (d,) with each objective's previous one (M, d).
+
+    ``"raw"``: <g_p, g_m> (the paper's form; its scale moves by orders of magnitude with rewards and model).
+    ``"scaled"`` [choice]: <g_p / |g_p|, g_m> / mean_n |g_n|: free of the overall gradient scale, so gamma
+    keeps its meaning, and still magnitude-aware across objectives: h_m -> 0 as objective m's gradient
+    vanishes (a saturated objective). ``"cosine"``: cos(g_p, g_m), which stays O(1) for a vanishing g_m.
+    """
+    if form == "raw":
+        return previous @ primary
+    if form == "cosine":
+        return torch.nn.functional.cosine_similarity(previous, primary.unsqueeze(0), dim=1, eps=1e-12)
+    if form == "scaled":
+        scale = previous.norm(dim=1).mean().clamp(min=1e-12)
+        return previous @ (primary / primary.norm().clamp(min=1e-12)) / scale
+    raise ValueError(f"hypergradient form={form!r} is not allowed; choose one of {list(HYPERGRADIENTS)}")
+
+
 def hypergradient_weights(cfg: MOAConfig):
     """FedMOA's adaptive weights (docs/foundations.md §7): w = softmax(s), s moved by the hypergradient
-    h_m = <g_primary^(k), g_m^(k-1)>, here as a cosine [choice: gamma then does not depend on the
-    gradient scale, which changes by orders of magnitude with the rewards and the model]."""
+    h_m comparing the primary's current gradient with objective m's previous one (:func:`hypergradient`)."""
 
     def next_weights(logits: torch.Tensor, grads: torch.Tensor, previous) -> tuple[torch.Tensor, torch.Tensor]:
         if previous is not None:
-            h = torch.nn.functional.cosine_similarity(previous, grads[0].unsqueeze(0), dim=1, eps=1e-12)
+            h = hypergradient(grads[0], previous, cfg.hypergradient)
             logits = hypergradient_step(logits, h.double(), cfg.hyper_lr)
         return logits, torch.softmax(logits, 0)
 
@@ -224,9 +250,9 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
         previous = ctx.personal_state.get("previous_grads")
         weights, saturation = [], []
         for _ in range(cfg.local_steps):
-            grads, rewards = objective_gradients(policy, tok, client, rng_py, rng, cfg)
+            grads, kl, rewards = objective_gradients(policy, tok, client, rng_py, rng, cfg)
             s, w = next_weights(s, grads, previous)
-            apply_lora_step(policy, w.float() @ grads, cfg.lr)
+            apply_lora_step(policy, w.float() @ grads + kl, cfg.lr)
             previous = grads
             weights.append(w.numpy())
             saturation.append((rewards[:, 1:] == 1.0).mean(0))     # share of samples at the auxiliary maximum
