@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from fedalign_lite.data.chat import format_prompt
 from fedalign_lite.data.tasks import arithmetic_problem
-from fedalign_lite.models.causal_lm import add_lora, load_model, lora_parameters
+from fedalign_lite.models.causal_lm import add_lora, llama_config, load_model, lora_parameters
 from fedalign_lite.models.rollout import rollout_token_logps, sample
 from fedalign_lite.models.sampler import decode, draw, supports
 
@@ -101,3 +101,21 @@ def test_other_architectures_fall_back_to_generate():
     assert not supports(gpt2) and supports(load_model("random-tiny")[0])
     roll = sample(gpt2.eval(), tok, _prompts(3), max_new_tokens=4, greedy=True)
     assert roll.sampled_logps is None and roll.input_ids.shape[0] == 3
+
+
+def test_greedy_equals_generate_with_grouped_query_attention():
+    """SmolLM2 (the gpu preset) has 9 query heads over 3 key/value heads: a random model of that shape."""
+    _, tok = load_model("random-tiny")
+    cfg = llama_config(tok, hidden=72, layers=2, heads=6)
+    cfg.num_key_value_heads, cfg.rope_theta = 2, 100000.0
+    torch.manual_seed(0)
+    model = add_lora(LlamaForCausalLM(cfg), 4, 8)
+    for p in lora_parameters(model):
+        p.data.normal_(0, 0.05)
+    model.eval()
+    enc = _encode(tok, _prompts())
+    ref = model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)
+    ours, _ = decode(model, enc["input_ids"], enc["attention_mask"], 16, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id, greedy=True)
+    assert torch.equal(ours, ref)
