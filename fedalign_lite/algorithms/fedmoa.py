@@ -182,13 +182,12 @@ def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng:
             ref = rollout_token_logps(policy, roll)
     params = lora_parameters(policy)
 
-    def ascent(loss, last):
-        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(-loss, params, retain_graph=not last)])
+    def ascent(loss):
+        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(-loss, params, retain_graph=True)])
 
     # the advantage terms alone, so a saturated objective's direction is exactly 0; the KL enters once
-    grads = [ascent(grpo_loss(logp, logp.detach(), None, mask, adv[:, m]), last=m == adv.shape[1] - 1 and ref is None)
-             for m in range(adv.shape[1])]
-    kl = (ascent(grpo_loss(logp, logp.detach(), ref, mask, torch.zeros(len(adv)), beta_kl=cfg.beta_kl), last=True)
+    grads = [ascent(grpo_loss(logp, logp.detach(), None, mask, adv[:, m])) for m in range(adv.shape[1])]
+    kl = (ascent(grpo_loss(logp, logp.detach(), ref, mask, torch.zeros(len(adv)), beta_kl=cfg.beta_kl))
           if ref is not None else torch.zeros_like(grads[0]))
     return torch.stack(grads), kl, rewards
 

@@ -24,7 +24,7 @@ preference weights (:mod:`.fixed_preference`) are built from these parts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -279,8 +279,7 @@ def build(cfg: FIRMConfig, client_parts: Callable[..., dict]) -> Federation:
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     pools, held = client_prompts(cfg.num_clients, cfg.prompts_per_client, cfg.eval_prompts, cfg.partition,
                                  cfg.alpha, cfg.batch_size, cfg.data_seed, cfg.harmful_share)
-    rms = [replace(rm, relevance_weight=cfg.relevance_weight)
-           for rm in client_reward_models(cfg.num_clients, cfg.same_rms, cfg.data_seed, cfg.reward_noise)]
+    rms = client_reward_models(cfg.num_clients, cfg.same_rms, cfg.data_seed, cfg.reward_noise, cfg.relevance_weight)
     return Federation(aggregate=aggregate_with_drift, global_state=get_adapter_state(policy),
                       num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
                       evaluate=lazy(lambda: make_evaluate(policy, tok, held, cfg)), fingerprint=cfg.fingerprint(),

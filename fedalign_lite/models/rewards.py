@@ -124,16 +124,18 @@ REFERENCE = RewardModel()
 """The reward models every global policy is evaluated with (no client variant)."""
 
 
-def client_reward_models(num_clients: int, same: bool, seed: int = 0, noise: float = 0.0) -> list[RewardModel]:
+def client_reward_models(num_clients: int, same: bool, seed: int = 0, noise: float = 0.0,
+                         relevance_weight: float = REFERENCE.relevance_weight) -> list[RewardModel]:
     """Heterogeneous reward models (FIRM's Fig. 4): the relevance and offensiveness scorers alternate
     across clients and each objective gets a scale ~ U[0.8, 1.2]; ``noise`` adds N(0, noise^2) to every
     reward (0 by default: heterogeneity comes from the scorers, not from noise). ``same=True`` gives every
-    client the reference models."""
+    client the reference models. Every client weighs relevance by ``relevance_weight``."""
     if same:
-        return [REFERENCE] * num_clients
+        return [RewardModel(relevance_weight=relevance_weight)] * num_clients
     rng = np.random.default_rng(seed)
     return [RewardModel(("minilm", "overlap")[i % 2], ("profanity-check", "wordlist")[(i // 2) % 2],
-                        tuple(rng.uniform(0.8, 1.2, 2).round(3)), noise) for i in range(num_clients)]
+                        tuple(rng.uniform(0.8, 1.2, 2).round(3)), noise, relevance_weight)
+            for i in range(num_clients)]
 
 
 def reward_model_accuracy(n: int = 200, seed: int = 0) -> dict:
