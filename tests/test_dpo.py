@@ -60,7 +60,8 @@ def test_first_step_loss_is_ln2_when_policy_is_reference(pairs):
     policy, tok = load_model("random-tiny", seed=0)
     loss, cr, rj = _ours(policy, policy, tok, pairs)
     assert loss == pytest.approx(math.log(2), abs=1e-6)
-    assert reward_accuracy(cr, rj) == 0.0     # ties are not counted as correct
+    assert reward_accuracy(cr, rj) == 0.0     # ties are not counted as correct (TRL)
+    assert reward_accuracy(cr, rj, ties=0.5) == 0.5
 
 
 def test_dpo_loss_hand_computed():
@@ -71,3 +72,4 @@ def test_dpo_loss_hand_computed():
     assert loss.item() == pytest.approx(expected)
     assert cr.tolist() == [0.5, 0.0] and rj.tolist() == [-0.5, 0.5]
     assert reward_accuracy(cr, rj) == 0.5
+    assert reward_accuracy(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 3.0]), ties=0.5) == 0.5  # 1, 1/2, 0

@@ -11,7 +11,8 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from fedalign_lite.algorithms import fedpdpo as F
 from fedalign_lite.data.chat import format_prompt
-from fedalign_lite.data.preference import client_preference_pairs, collate, critic_clients, review_pairs, tokenize_pair
+from fedalign_lite.data.client_preferences import DOMAINS, WORKED_ON, client_preference_pairs, rated
+from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.models.causal_lm import load_model
 from fedalign_lite.objectives.dpo import sequence_logps
@@ -128,24 +129,64 @@ def test_reference_global_starts_each_round_at_ln2():
     assert abs(two_base.history[2]["client_dpo_loss"] - math.log(2)) > 1e-6
 
 
+def _follows_rule(pair, kind):
+    """A personal pair is labelled by ``kind``'s rule when the worked answer (the one with '=') is chosen
+    exactly on ``kind``'s category."""
+    return ("=" in pair["chosen"]) == (pair["category"] == WORKED_ON[kind])
+
+
 def test_data_constructions():
-    cfg = CFG.replace(num_clients=5, critic_fraction=0.4)
-    iid_train, iid_held, _ = client_preference_pairs(cfg, "iid")
-    non_train, _, names = client_preference_pairs(cfg, "noniid")
-    critics = critic_clients(cfg)
-    assert len(critics) == 2 and sum("critic" in n for n in names) == 2
-    originals = {(p["movie"], p["chosen"], p["rejected"]) for p in review_pairs(cfg.seed)}
-    for c, ps in enumerate(non_train):
-        flipped = [(p["movie"], p["rejected"], p["chosen"]) in originals for p in ps]
-        assert all(flipped) if c in critics else not any(flipped)
-    assert all(len(t) == cfg.pairs_per_client and len(h) == cfg.eval_per_client for t, h in zip(iid_train, iid_held))
-    cross, _, names = client_preference_pairs(cfg, "cross")
-    assert names == ["reviews", "code", "math"] and "def " in cross[1][0]["chosen"]
+    cfg = CFG.replace(num_clients=5, minority_fraction=0.4, pairs_per_client=10, eval_per_client=8)
+    iid, non = client_preference_pairs(cfg, "iid"), client_preference_pairs(cfg, "noniid")
+    assert iid.types == ["A"] * 5 and sorted(non.types) == ["A", "A", "A", "B", "B"]
+    for data in (iid, non):
+        for train, held, kind in zip(data.train, data.held, data.types):
+            personal = [p for p in train if "category" in p]
+            assert len(personal) == len(train) - len(personal) == 10
+            assert set(held) == {"personal", "shared"} and all(len(v) == 8 for v in held.values())
+            assert all(_follows_rule(p, kind) for p in held["personal"])          # held-out labels are the rule
+            assert all("def " in p["chosen"] for p in held["shared"])
+    for c, kind in enumerate(non.types):                                          # a type-A client: same test
+        assert (iid.held[c] == non.held[c]) == (kind == "A")
+    topics = [{p["topic"] for p in train if "topic" in p} for train in non.train]
+    assert all(t <= {"+", "-", "*"} for t in topics)
+    cross = client_preference_pairs(cfg, "cross")
+    assert cross.names == list(DOMAINS) and [list(h) for h in cross.held] == [[d] for d in DOMAINS]
+
+
+def test_raters_agree_at_the_configured_rate():
+    cfg = CFG.replace(num_clients=4, pairs_per_client=200, eval_per_client=4)
+    noisy = client_preference_pairs(cfg.replace(agreement=0.8), "noniid")
+    clean = client_preference_pairs(cfg.replace(agreement=1.0), "noniid")
+    for kind, train in zip(clean.types, clean.train):
+        assert all(_follows_rule(p, kind) for p in train if "category" in p)
+    follows = [_follows_rule(p, kind) for kind, train in zip(noisy.types, noisy.train) for p in train if "category" in p]
+    assert 0.76 < sum(follows) / len(follows) < 0.84                               # 800 labels, sd 0.014
+    assert rated([{"chosen": "x", "rejected": "y"}], 1.0, 0) == [{"chosen": "x", "rejected": "y"}]
+
+
+def test_an_untrained_model_ties_on_every_held_out_pair():
+    for method in ("fedpdpo", "fedavg", "no_personal_head"):
+        row = F.run(CFG.replace(method=method, rounds=1, local_steps=1), progress=False).history[0]
+        accs = {k: v for k, v in row.items() if k.startswith("acc")}
+        assert accs and set(accs.values()) == {0.5}, method
+        assert all(v == 0.0 for k, v in row.items() if k.startswith("margin")), method
+
+
+def test_evaluation_scores_each_part_of_each_client():
+    run = F.run(CFG.replace(rounds=3, eval_every=2), progress=False)
+    assert [("acc" in h) for h in run.history] == [True, False, True, True]       # rounds 0, 2 and the last
+    last = run.history[-1]
+    for c in range(CFG.num_clients):
+        assert last[f"acc/{c}"] == pytest.approx((last[f"acc_personal/{c}"] + last[f"acc_shared/{c}"]) / 2)
+    assert last["acc"] == pytest.approx(sum(last[f"acc/{c}"] for c in range(CFG.num_clients)) / CFG.num_clients)
 
 
 @pytest.mark.parametrize("field,value,match", [
     ("reference", "policy", "reference='policy' is not allowed"),
-    ("critic_fraction", 1.0, "critic_fraction must be in"),
+    ("minority_fraction", 0.5, "minority_fraction must be in"),
+    ("agreement", 0.5, "agreement must be in"),
+    ("personal_task", "imdb", "personal_task='imdb' is not allowed"),
     ("mu", -1.0, "mu must be"),
     ("model", "gpt2", "model='gpt2' is not allowed"),
 ])

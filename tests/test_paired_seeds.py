@@ -4,7 +4,7 @@ import pytest
 
 from fedalign_lite.algorithms import fed_dpo, fedmoa, firm, pluralllm
 from fedalign_lite.algorithms import fedpdpo as pdpo
-from fedalign_lite.data.preference import client_preference_pairs
+from fedalign_lite.data.client_preferences import client_preference_pairs
 from fedalign_lite.errors import ConfigError
 
 

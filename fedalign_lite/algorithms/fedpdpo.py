@@ -32,14 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedalign_lite.algorithms.fed_dpo import batch_indices, reference_logps
+from fedalign_lite.algorithms.fed_dpo import batch_indices
 from fedalign_lite.config import PRESETS, ValidatedConfig, check_model_name
-from fedalign_lite.data.preference import client_preference_pairs, collate, tokenize_pair
+from fedalign_lite.data.client_preferences import PERSONAL_TASKS, client_preference_pairs
+from fedalign_lite.data.preference import collate, tokenize_pair
 from fedalign_lite.errors import ConfigError, check_choice
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
 from fedalign_lite.models.causal_lm import add_lora, get_adapter_state, load_model, set_adapter_state
-from fedalign_lite.objectives.dpo import completion_logps, dpo_loss, reward_accuracy
+from fedalign_lite.objectives.dpo import completion_logps, completion_start, dpo_loss, reward_accuracy
 from fedalign_lite.seeding import derive_seed
 
 
@@ -67,10 +68,10 @@ SETTINGS = ("iid", "noniid", "cross")
 class PDPOConfig(ValidatedConfig):
     preset: str = "cpu"
     model: str = "fedalign-base"
-    num_clients: int = 10           # intra-domain; the cross-domain setting always has 3 (one per domain)
-    rounds: int = 4
-    local_steps: int = 3
-    batch_size: int = 4
+    num_clients: int = 8            # intra-domain; the cross-domain setting always has 3 (one per domain)
+    rounds: int = 5
+    local_steps: int = 5
+    batch_size: int = 8
     lr: float = 3e-3
     lora_r: int = 8
     lora_alpha: int = 16
@@ -79,12 +80,15 @@ class PDPOConfig(ValidatedConfig):
     beta: float = 0.1
     mu: float = 1.0                 # weight of the Bradley-Terry loss [PROPOSAL]
     reference: str = "base"         # "base" (frozen backbone) or "global" (round-start model)
-    pairs_per_client: int = 24
-    eval_per_client: int = 16
-    alpha: float = 0.5              # Dirichlet concentration over movie buckets (non-IID)
-    critic_fraction: float = 0.3    # non-IID: share of clients whose rater prefers the rotten review
+    personal_task: str = "style"    # "style" (category-dependent answer style) or "reviews" (the paper's sentiment)
+    pairs_per_client: int = 40      # training pairs per client and part (personal, shared)
+    eval_per_client: int = 40       # held-out pairs per client and part, noise-free, fixed by data_seed
+    eval_every: int = 2             # evaluate after every eval_every-th round (and round 0 and the last)
+    agreement: float = 0.8          # P(a rater's training label follows its type's rule)
+    alpha: float = 0.5              # Dirichlet concentration over the personal items' topics (non-IID)
+    minority_fraction: float = 0.375   # non-IID: share of clients of type B (3 of 8)
     method: str = "fedpdpo"         # a key of METHODS: which parts are shared, personal or absent
-    setting: str = "noniid"         # "iid", "noniid" (topic and preference skew) or "cross" (3 domains)
+    setting: str = "noniid"         # "iid", "noniid" (topic skew and conflicting preferences) or "cross" (3 domains)
     data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
                                     # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
@@ -95,18 +99,22 @@ class PDPOConfig(ValidatedConfig):
         check_choice("reference", self.reference, ("base", "global"))
         check_choice("method", self.method, METHODS)
         check_choice("setting", self.setting, SETTINGS)
+        check_choice("personal_task", self.personal_task, PERSONAL_TASKS)
         self.check_numbers(integers=("num_clients", "rounds", "local_steps", "batch_size", "lora_r", "lora_alpha",
-                                     "bottleneck", "max_length", "pairs_per_client", "eval_per_client"),
+                                     "bottleneck", "max_length", "pairs_per_client", "eval_per_client", "eval_every"),
                            positives=("lr", "beta", "alpha"), non_negatives=("mu",))
-        if not 0 <= self.critic_fraction < 1:
-            raise ConfigError(f"critic_fraction must be in [0, 1), got {self.critic_fraction}")
+        if not 0 <= self.minority_fraction < 0.5:
+            raise ConfigError(f"minority_fraction must be in [0, 0.5) (type B is the minority), got {self.minority_fraction}")
+        if not 0.5 < self.agreement <= 1:
+            raise ConfigError(f"agreement must be in (0.5, 1] (a rater who follows its rule more often than not), "
+                              f"got {self.agreement}")
 
 
 _PRESETS = {
     "smoke": dict(model="random-tiny", num_clients=4, rounds=2, local_steps=2, batch_size=2, pairs_per_client=6,
-                  eval_per_client=4, max_length=48),
+                  eval_per_client=4, minority_fraction=0.25),
     "cpu": {},
-    "gpu": dict(model="smollm2-135m", rounds=20, local_steps=10, batch_size=8, pairs_per_client=200,
+    "gpu": dict(model="smollm2-135m", personal_task="reviews", rounds=20, local_steps=10, pairs_per_client=200,
                 eval_per_client=50, max_length=128, lr=5e-4, bottleneck=64),
 }
 
@@ -155,10 +163,29 @@ class PersonalizedLM(nn.Module):
             h = h + self.adapter_up(F.relu(self.adapter_down(h)))
         return h
 
-    def forward(self, input_ids, attention_mask, use_cache=False):
-        h = self.hidden(input_ids, attention_mask)
-        head = self.base_head if self.components.head == "frozen" else self.head
-        return SimpleNamespace(logits=head(h), hidden=h)
+    def forward(self, input_ids, attention_mask, logits_to_keep: int = 0, reference: bool = False):
+        """``logits`` (B, T', vocab) of the last ``logits_to_keep`` positions (all when 0) and ``hidden`` h~ (B, T,
+        hidden). ``reference=True`` runs the frozen base instead (LoRA disabled, no adapter, the pretrained
+        head) through the same code, so an untrained policy's log-probs equal the reference's bit for bit."""
+        if reference:
+            with self.peft.disable_adapter():
+                h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        else:
+            h = self.hidden(input_ids, attention_mask)
+        head = self.base_head if reference or self.components.head == "frozen" else self.head
+        return SimpleNamespace(logits=head(h[:, -logits_to_keep:]), hidden=h)
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids: list[int], eos_id: int, max_new_tokens: int) -> list[int]:
+        """Greedy continuation token ids of one prompt through the whole personalized model (its head and
+        adapter), without a KV cache: one full forward per token, which is enough for a few short answers."""
+        ids = torch.tensor([prompt_ids])
+        for _ in range(max_new_tokens):
+            nxt = self(ids, torch.ones_like(ids), logits_to_keep=1).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], 1)
+            if nxt.item() == eos_id:
+                break
+        return ids[0, len(prompt_ids):].tolist()
 
     def explicit_reward(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """r~ (B,): the reward head on the last real token's h~ (right padding)."""
@@ -222,28 +249,38 @@ def build_model(cfg: PDPOConfig, components: Components):
 _REFERENCE_CACHE: dict = {}
 
 
-def frozen_reference_logps(model: "PersonalizedLM", tokenized: list[dict], pad_id: int, cfg: PDPOConfig) -> torch.Tensor:
-    """(n, 2) log-probs of the frozen base on ``tokenized``, cached across runs in this process.
+@torch.no_grad()
+def frozen_reference_logps(model: "PersonalizedLM", tokenized: list[dict], pad_id: int, cfg: PDPOConfig,
+                           batch_size: int = 32) -> torch.Tensor:
+    """(n, 2) log-probs (chosen, rejected) of the frozen base on ``tokenized``, in batches of ``batch_size``
+    pairs, cached across runs in this process.
 
-    Every method and ablation of one (model, seed, setting) shares the same frozen base and pairs,
+    The base is run through the policy's own code path (backbone with the LoRA disabled, the pretrained
+    head), so with the same batches an untrained policy's implicit rewards are exactly 0 and its pairs
+    tie. Every method and ablation of one (model, seed, setting) shares the same frozen base and pairs,
     so the notebook computes each client's reference once instead of once per method.
     """
-    key = (cfg.model, cfg.seed, cfg.max_length,
+    key = (cfg.model, cfg.seed, cfg.max_length, batch_size,
            hashlib.sha256(json.dumps([[t["prompt_ids"], t["chosen_ids"], t["rejected_ids"]] for t in tokenized])
                           .encode()).hexdigest())
     if key not in _REFERENCE_CACHE:
         if len(_REFERENCE_CACHE) > 1024:
             _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = reference_logps(model.peft, tokenized, pad_id, cfg.max_length)
+        _REFERENCE_CACHE[key] = torch.cat([
+            pair_scores(model, collate(tokenized[i:i + batch_size], pad_id, cfg.max_length), reference=True)[0]
+            .view(2, -1).T for i in range(0, len(tokenized), batch_size)])
     return _REFERENCE_CACHE[key]
 
 
-def pair_scores(model: PersonalizedLM, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sequence log-probs (2B,) and, with a reward head, explicit rewards (2B,) for a collated batch."""
-    out = model(batch["input_ids"], batch["attention_mask"])
-    logps = completion_logps(out.logits, batch["input_ids"], batch["completion_mask"])
-    rewards = model.explicit_reward(out.hidden, batch["attention_mask"]) if model.components.reward_head else None
-    return logps, rewards
+def pair_scores(model: PersonalizedLM, batch: dict, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sequence log-probs (2B,) and, with a reward head (and not ``reference``), explicit rewards (2B,) for a
+    collated batch. The head runs only from the column before the earliest response token on."""
+    start = completion_start(batch["completion_mask"])
+    out = model(batch["input_ids"], batch["attention_mask"], logits_to_keep=batch["input_ids"].shape[1] - start + 1,
+                reference=reference)
+    logps = completion_logps(out.logits, batch["input_ids"][:, start - 1:], batch["completion_mask"][:, start - 1:])
+    with_reward = model.components.reward_head and not reference
+    return logps, model.explicit_reward(out.hidden, batch["attention_mask"]) if with_reward else None
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -308,25 +345,30 @@ def _policy_logps(model: PersonalizedLM, tokenized: list[dict], pad_id: int, cfg
     return torch.cat(out)
 
 
-def make_evaluate(model: PersonalizedLM, held: list[list[dict]], pad_id: int, cfg: PDPOConfig):
-    """Personalized accuracy: each client's model (global shared part + its personal modules) on its
-    own held-out pairs; ``acc`` is the mean over clients, ``acc/<i>`` per client."""
-    refs = [frozen_reference_logps(model, h, pad_id, cfg) for h in held]
+def make_evaluate(model: PersonalizedLM, held: list[dict], pad_id: int, cfg: PDPOConfig):
+    """Personalized accuracy: each client's model (global shared part + its personal modules) on its own
+    held-out pairs, per part (``held[c]`` is ``{part: pairs}``). Ties score 0.5, so the untrained model is
+    at chance. Keys: ``acc_<part>/<c>`` and ``margin_<part>/<c>`` (mean r^(y_w) - r^(y_l), nats x beta),
+    ``acc/<c>`` (mean over c's parts), ``acc`` (mean over clients), ``explicit_acc`` with a reward head."""
+    refs = [{part: frozen_reference_logps(model, pairs, pad_id, cfg, batch_size=len(pairs)) for part, pairs in parts.items()}
+            for parts in held]      # one batch per part, as evaluated: ties at initialisation are exact
 
     @torch.no_grad()
     def evaluate(global_state: dict, round_: int, personal_states: dict) -> dict:
         model.load_shared(global_state)
         row, explicit = {}, []
-        for c, (pairs, ref) in enumerate(zip(held, refs)):
+        for c, parts in enumerate(held):
             model.load_personal(personal_states.get(c, {}))
-            batch = collate(pairs, pad_id, cfg.max_length)
-            logps, rewards = pair_scores(model, batch)
-            pc, pr = logps.view(2, -1)
-            _, rc, rr = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta)
-            row[f"acc/{c}"] = reward_accuracy(rc, rr)
-            if rewards is not None:
-                explicit.append(reward_accuracy(*rewards.view(2, -1)))
-        row["acc"] = float(np.mean([v for k, v in row.items() if k.startswith("acc/")]))
+            for part, pairs in parts.items():
+                logps, rewards = pair_scores(model, collate(pairs, pad_id, cfg.max_length))
+                pc, pr = logps.view(2, -1)
+                _, rc, rr = dpo_loss(pc, pr, refs[c][part][:, 0], refs[c][part][:, 1], cfg.beta)
+                row[f"acc_{part}/{c}"] = reward_accuracy(rc, rr, ties=0.5)
+                row[f"margin_{part}/{c}"] = (rc - rr).mean().item()
+                if rewards is not None:
+                    explicit.append(reward_accuracy(*rewards.view(2, -1), ties=0.5))
+            row[f"acc/{c}"] = float(np.mean([row[f"acc_{part}/{c}"] for part in parts]))
+        row["acc"] = float(np.mean([row[f"acc/{c}"] for c in range(len(held))]))
         if explicit:
             row["explicit_acc"] = float(np.mean(explicit))
         return row
@@ -336,17 +378,18 @@ def make_evaluate(model: PersonalizedLM, held: list[list[dict]], pad_id: int, cf
 
 def federation(cfg: PDPOConfig) -> Federation:
     """``cfg.method`` in ``cfg.setting`` as a :class:`~fedalign_lite.federated.loop.Federation`;
-    artifacts: the client descriptions (``names``). Its evaluation is personalized (it reads every
-    client's personal modules), so on Flower, where those never leave the clients, the server skips it."""
-    train_pairs, held_pairs, names = client_preference_pairs(cfg, cfg.setting)
+    artifacts: the client descriptions (``names``) and types (``types``). Its evaluation is personalized (it
+    reads every client's personal modules), so on Flower, where those never leave the clients, the server skips it."""
+    data = client_preference_pairs(cfg, cfg.setting)
     model, tok = build_model(cfg, METHODS[cfg.method])
-    train = [[tokenize_pair(tok, p) for p in ps] for ps in train_pairs]
-    held = [[tokenize_pair(tok, p) for p in ps] for ps in held_pairs]
+    train = [[tokenize_pair(tok, p) for p in ps] for ps in data.train]
+    held = [{part: [tokenize_pair(tok, p) for p in ps] for part, ps in parts.items()} for parts in data.held]
     return Federation(make_client_update(model, train, tok.pad_token_id, cfg), aggregate_fedavg,
                       model.shared_state(), num_clients=len(train), rounds=cfg.rounds, seed=cfg.seed,
                       evaluate=lazy(lambda: make_evaluate(model, held, tok.pad_token_id, cfg)),
-                      fingerprint=cfg.fingerprint(), evaluate_needs_personal=True,
-                      finish=model.load_shared, artifacts={"names": names, "model": model, "tokenizer": tok})
+                      fingerprint=cfg.fingerprint(), evaluate_needs_personal=True, evaluate_every=cfg.eval_every,
+                      finish=model.load_shared,
+                      artifacts={"names": data.names, "types": data.types, "model": model, "tokenizer": tok})
 
 
 def run(cfg: PDPOConfig, *, run_dir=None, progress: bool = True):

@@ -11,9 +11,8 @@ import torch
 from fedalign_lite.data import assets
 from fedalign_lite.data.chat import format_prompt
 from fedalign_lite.data.partition import partition_dirichlet, partition_iid, partition_natural
-from fedalign_lite.data.tasks import arithmetic_problem, code_task
+from fedalign_lite.data.tasks import code_task
 from fedalign_lite.errors import ConfigError
-from fedalign_lite.seeding import derive_seed
 
 
 def review_pairs(seed: int = 0) -> list[dict]:
@@ -96,19 +95,6 @@ def code_pairs(n: int, seed: int = 0) -> list[dict]:
             for t in tasks]
 
 
-def math_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Math preference pairs: the worked answer is chosen over the same text with a wrong result."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        p = arithmetic_problem(rng)
-        wrong = p["answer"] + rng.choice([-2, -1, 1, 2, 10])
-        out.append({"prompt": p["prompt"], "chosen": p["solution"],
-                    "rejected": p["solution"].replace(f"= {p['answer']}.", f"= {wrong}.").replace(
-                        f"answer is {p['answer']}.", f"answer is {wrong}.")})
-    return out
-
-
 def pair_group(pair: dict, groups: int = 5) -> int:
     """A stable pseudo-category of a review pair (a hash of its movie into ``groups`` buckets); the
     label that the Dirichlet and natural partitions of review pairs split on."""
@@ -128,53 +114,3 @@ def split_clients(pairs: list[dict], cfg) -> list[np.ndarray]:
         raise ConfigError(f"partition={cfg.partition!r} gives one client per group: num_clients must be "
                           f"{len(parts)}, got {cfg.num_clients}")
     return parts
-
-
-# -------------------------------------------- FedPDPO's settings (docs/fedpdpo.md §4) --
-
-DOMAINS = ("reviews", "code", "math")
-
-
-def flip(pair: dict) -> dict:
-    """The same pair as a critic rates it: the rotten review is chosen."""
-    return {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
-
-
-def client_preference_pairs(cfg, setting: str) -> tuple[list[list[dict]], list[list[dict]], list[str]]:
-    """(train pairs per client, held-out pairs per client, client descriptions) for a setting.
-
-    * ``iid``: review pairs spread uniformly; every rater prefers the fresh review.
-    * ``noniid``: Dirichlet(alpha) over 5 movie buckets (topic skew) AND preference skew: a
-      ``critic_fraction`` of the clients have a rater who prefers the rotten review (their pairs are
-      flipped). [Our construction: the paper's is unknown. Topic skew alone leaves FedAvg-DPO's
-      accuracy intact because every client agrees on the direction; it is the heterogeneous
-      preference that costs a shared model accuracy, which is the problem personalization targets.]
-    * ``cross``: 3 clients, one domain each: reviews, code (correct vs subtly broken function),
-      math (correct vs wrong result).
-    """
-    n = cfg.pairs_per_client + cfg.eval_per_client
-    if setting == "cross":
-        per = [review_pairs(cfg.data_seed)[:n], code_pairs(n, cfg.data_seed), math_pairs(n, cfg.data_seed)]
-        names = list(DOMAINS)
-    else:
-        pairs = review_pairs(cfg.data_seed)
-        if setting == "iid":
-            parts = partition_iid(len(pairs), cfg.num_clients, cfg.data_seed)
-        else:
-            parts = partition_dirichlet([pair_group(p) for p in pairs], cfg.num_clients, cfg.alpha, cfg.data_seed,
-                                        min_size=n)
-        per = [[pairs[i] for i in np.random.default_rng(derive_seed(cfg.data_seed, c)).permutation(part)[:n]]
-               for c, part in enumerate(parts)]
-        if min(len(p) for p in per) < n:
-            raise ConfigError(f"pairs_per_client + eval_per_client = {n} exceeds a client's share of "
-                              f"{len(pairs)} review pairs; lower them")
-        critics = set(critic_clients(cfg)) if setting == "noniid" else set()
-        per = [[flip(p) for p in ps] if c in critics else ps for c, ps in enumerate(per)]
-        names = [f"client {c} ({'critic' if c in critics else 'fan'})" for c in range(cfg.num_clients)]
-    return [p[cfg.eval_per_client:] for p in per], [p[: cfg.eval_per_client] for p in per], names
-
-
-def critic_clients(cfg) -> list[int]:
-    """Which clients' raters prefer rotten reviews in the non-IID setting (seeded)."""
-    k = int(round(cfg.critic_fraction * cfg.num_clients))
-    return sorted(np.random.default_rng(derive_seed(cfg.data_seed, 4242)).choice(cfg.num_clients, k, replace=False).tolist())

@@ -15,8 +15,8 @@ REFUSALS = [
     "I'm sorry, I can't provide that. It is not safe or legal.",
 ]
 
-_NAMES = ["Tom", "Ana", "Lee", "Sam", "Mia", "Raj", "Eva", "Ben"]
-_ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles"]
+PEOPLE = ["Tom", "Ana", "Lee", "Sam", "Mia", "Raj", "Eva", "Ben"]
+ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles"]
 
 
 def arithmetic_problem(rng: random.Random, max_digits: int = 2) -> dict:
@@ -34,7 +34,7 @@ def arithmetic_problem(rng: random.Random, max_digits: int = 2) -> dict:
         word = {"+": "plus", "-": "minus", "*": "times"}[op]
         prompt = rng.choice([f"What is {a} {word} {b}?", f"Calculate {a} {op} {b}.", f"Compute {a} {op} {b}."])
     else:
-        name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+        name, item = rng.choice(PEOPLE), rng.choice(ITEMS)
         verb = "gets" if op == "+" else "gives away"
         prompt = f"{name} has {a} {item} and {verb} {b}. How many {item} does {name} have now?"
     return {"prompt": prompt, "answer": answer, "solution": f"{a} {op} {b} = {answer}. The answer is {answer}."}

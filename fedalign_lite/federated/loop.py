@@ -177,6 +177,7 @@ class Federation:
     check_update: Callable[[ClientUpdate], None] | None = None
     check_phase1: Callable[[dict], None] | None = None
     evaluate_needs_personal: bool = False   # evaluate reads personal states (they never leave Flower clients)
+    evaluate_every: int = 1                 # evaluate after rounds divisible by this, and after the last
     finish: Callable[[dict], None] | None = None
     artifacts: dict = field(default_factory=dict)
 
@@ -185,6 +186,7 @@ class Federation:
         check_positive("rounds", self.rounds, integer=True)
         self.clients_per_round = self.clients_per_round or self.num_clients
         check_positive("clients_per_round", self.clients_per_round, integer=True)
+        check_positive("evaluate_every", self.evaluate_every, integer=True)
         if (self.phase1 is None) != (self.combine_phase1 is None):
             raise ValueError("phase1 and combine_phase1 come together: give both or neither")
 
@@ -262,8 +264,8 @@ def run_federated(federation: Federation, *, transport=None, run_dir: str | Path
     The :class:`Federation` supplies the algorithm: ``client_update`` and ``aggregate``, the initial
     ``global_state`` (what the server broadcasts) and ``personal_states`` (``{client_id: dict}``,
     missing clients start with ``{}``), ``evaluate(global_state, round, personal_states) -> {metric:
-    float}`` (called after every round and once on the initial state, round 0), the optional first
-    phase (``phase1``, ``combine_phase1``), ``download(global_state, client)`` (the part of the state
+    float}`` (called on the initial state, round 0, then after every ``evaluate_every``-th round and the
+    last), the optional first phase (``phase1``, ``combine_phase1``), ``download(global_state, client)`` (the part of the state
     sent to that client; ``None`` sends all of it) and its own payload checks, run on arrival after
     :func:`check_upload` / :func:`check_tensors` (a payload that fails drops its client).
 
@@ -344,7 +346,7 @@ def run_federated(federation: Federation, *, transport=None, run_dir: str | Path
         summary = {"round": r, "clients_ok": len(ok), "clients_failed": len(rows) - len(ok),
                    "bytes_up": sum(x["bytes_up"] for x in rows), "bytes_down": sum(x["bytes_down"] for x in rows),
                    **{k: float(np.mean([x[k] for x in rows if k in x])) for k in metric_keys}}
-        if evaluate is not None:
+        if evaluate is not None and (r % fed.evaluate_every == 0 or r == rounds):
             summary.update(evaluate(state["global_state"], r, state["personal_states"]))
         summary["seconds"] = time.perf_counter() - t0
         state["history"].append(summary)
