@@ -57,6 +57,27 @@ def test_padding_does_not_change_predictions():
     assert padded[0, 2] == 0                                          # a padded target gets no mass
 
 
+def test_relative_context_input_is_k_y_minus_1():
+    torch.manual_seed(0)
+    share = GPO(6, d_model=16, dim_feedforward=16, nhead=2, num_layers=2).eval()
+    relative = GPO(6, d_model=16, dim_feedforward=16, nhead=2, num_layers=2, context_input="relative").eval()
+    relative.load_state_dict(share.state_dict())
+    x, y = _toy_groups()
+    batch = make_batch([(x, y), (x, y)], [[0, 1], [0]], [[2], [3]])   # row 1's context is padded
+    k = torch.tensor([len(y[0])] * len(y[0]) + [len(y[1])] * len(y[1]), dtype=torch.float32)
+    assert torch.equal(batch.ctx_options[0, :, 0], k) and batch.ctx_options[1, len(y[0]):].abs().sum() == 0
+    by_hand = make_batch([(x, y), (x, y)], [[0, 1], [0]], [[2], [3]])
+    by_hand.yc = torch.where(batch.ctx_pad.unsqueeze(-1), 0.0, batch.yc * batch.ctx_options - 1)
+    assert torch.allclose(relative(batch)[0], share(by_hand)[0])
+    uniform = [torch.full_like(v, 1 / len(v)) for v in y]              # a uniform answer carries 0
+    flat = make_batch([(x, uniform)], [[0, 1]], [[2]])
+    zero = make_batch([(x, uniform)], [[0, 1]], [[2]])
+    zero.yc = torch.zeros_like(zero.yc)
+    assert torch.allclose(relative(flat)[0], share(zero)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="context_input='raw' is not allowed"):
+        GPO(6, context_input="raw")
+
+
 def test_segment_softmax_by_hand():
     v = torch.tensor([[1.0, 2.0, 0.5, 0.5, 9.0]])
     seg = torch.tensor([[0, 0, 1, 1, -1]])

@@ -51,7 +51,7 @@ from fedalign_lite.errors import ConfigError, check_choice, check_positive
 from fedalign_lite.federated.aggregators import aggregate_fedavg
 from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state
 from fedalign_lite.models.embeddings import OPTION_TEXTS, option_embeddings
-from fedalign_lite.models.gpo import GPO, LOSS_NORMS, gpo_loss, make_batch, sample_context_targets
+from fedalign_lite.models.gpo import CONTEXT_INPUTS, GPO, LOSS_NORMS, gpo_loss, make_batch, sample_context_targets
 from fedalign_lite.objectives.metrics import fairness, js_distance_segments
 from fedalign_lite.seeding import derive_seed, seed_everything
 
@@ -71,6 +71,7 @@ class PluralConfig(ValidatedConfig):
     embedder: str = "minilm"          # "minilm" or a model name for mean-pooled hidden states (as GPO)
     option_text: str = "gpo"          # what is embedded per option: GPO's prompt; "option": question + option [fix]
     loss_norm: str = "authors"        # the authors' mean over all target slots; "per-group-sum"
+    context_input: str = "share"      # what a context token carries: the share y (GPO's code); "relative": K y - 1 [fix]
     d_model: int = 128
     num_layers: int = 6
     nhead: int = 4
@@ -97,6 +98,7 @@ class PluralConfig(ValidatedConfig):
         check_choice("fedavg_weights", self.fedavg_weights, ("sampled", "questions"))
         check_choice("option_text", self.option_text, OPTION_TEXTS)
         check_choice("loss_norm", self.loss_norm, LOSS_NORMS)
+        check_choice("context_input", self.context_input, CONTEXT_INPUTS)
         if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
             raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
                               f"or 'hub:<org>/<name>'")
@@ -198,7 +200,8 @@ def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float, loss_norm
 
 def build_model(cfg: PluralConfig, dim_x: int) -> GPO:
     torch.manual_seed(cfg.seed)
-    return GPO(dim_x, cfg.d_model, cfg.emb_depth, cfg.dim_feedforward, cfg.nhead, cfg.num_layers)
+    return GPO(dim_x, cfg.d_model, cfg.emb_depth, cfg.dim_feedforward, cfg.nhead, cfg.num_layers,
+               context_input=cfg.context_input)
 
 
 # ---------------------------------------------------------------------------------- evaluation --

@@ -26,6 +26,7 @@ class GPOBatch:
     yt: torch.Tensor        # (B, Nt, 1) true shares of the target options (the labels)
     tar_q: torch.Tensor     # (B, Nt) long: which target question each target token belongs to; -1 = padding
     ctx_pad: torch.Tensor   # (B, Nc) bool, True = padding
+    ctx_options: torch.Tensor | None = None   # (B, Nc, 1) options of each context token's question; 0 = padding
 
     @property
     def tar_pad(self) -> torch.Tensor:
@@ -64,12 +65,23 @@ def segment_softmax(values: torch.Tensor, segments: torch.Tensor) -> torch.Tenso
     return (e / seg_sum[flat].clamp(min=1e-30)).reshape(B, N)
 
 
+CONTEXT_INPUTS = ("share", "relative")
+
+
 class GPO(nn.Module):
-    """GPO's transformer (``models/tnp.py``): embedder MLP, encoder, Gaussian head."""
+    """GPO's transformer (``models/tnp.py``): embedder MLP, encoder, Gaussian head.
+
+    ``context_input`` is what a context token carries beside its option embedding: ``"share"``, the group's
+    share y (GPO's code), or ``"relative"`` [our fix], K y - 1 for a question with K options: 0 when the
+    group answers like a uniform distribution, so that what sets a group apart is what the token carries.
+    """
 
     def __init__(self, dim_x: int, d_model: int = 128, emb_depth: int = 4, dim_feedforward: int = 128,
-                 nhead: int = 4, num_layers: int = 6, dropout: float = 0.0):
+                 nhead: int = 4, num_layers: int = 6, dropout: float = 0.0, context_input: str = "share"):
         super().__init__()
+        if context_input not in CONTEXT_INPUTS:
+            raise ValueError(f"context_input={context_input!r} is not allowed; choose one of {list(CONTEXT_INPUTS)}")
+        self.context_input = context_input
         self.embedder = build_mlp(dim_x + 1, d_model, d_model, emb_depth)
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -78,7 +90,10 @@ class GPO(nn.Module):
     def forward(self, batch: GPOBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(probs, std), each (B, Nt): per-question softmax of the predicted means, and exp(log std)."""
         num_ctx, num_tar = batch.xc.shape[1], batch.xt.shape[1]
-        tokens = torch.cat([torch.cat([batch.xc, batch.yc], -1),
+        yc = batch.yc
+        if self.context_input == "relative":
+            yc = (batch.yc * batch.ctx_options - 1).masked_fill(batch.ctx_pad.unsqueeze(-1), 0.0)
+        tokens = torch.cat([torch.cat([batch.xc, yc], -1),
                             torch.cat([batch.xt, torch.zeros_like(batch.yt)], -1)], 1)
         padding = torch.cat([batch.ctx_pad, batch.tar_pad], 1)
         h = self.encoder(self.embedder(tokens), mask=context_only_mask(num_ctx, num_tar),
@@ -117,10 +132,11 @@ def make_batch(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]],
         groups: per group, (x, y) lists indexed by question: x[q] (options, D), y[q] (options,).
         ctx_questions, tar_questions: per group, the question indices used as context and as targets.
     """
-    xc, yc, xt, yt, tq = [], [], [], [], []
+    xc, yc, kc, xt, yt, tq = [], [], [], [], [], []
     for (x, y), ctx, tar in zip(groups, ctx_questions, tar_questions):
         xc.append(torch.cat([x[q] for q in ctx]) if ctx else x[0][:0])
         yc.append(torch.cat([y[q] for q in ctx]) if ctx else y[0][:0])
+        kc.append(torch.cat([torch.full((len(y[q]),), float(len(y[q]))) for q in ctx]) if ctx else y[0][:0])
         xt.append(torch.cat([x[q] for q in tar]))
         yt.append(torch.cat([y[q] for q in tar]))
         tq.append(torch.cat([torch.full((len(y[q]),), i, dtype=torch.long) for i, q in enumerate(tar)]))
@@ -128,7 +144,7 @@ def make_batch(groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]],
     ctx_pad = torch.stack([torch.arange(nc) >= len(r) for r in xc])
     tar_q = torch.stack([torch.cat([r, torch.full((nt - len(r),), -1, dtype=torch.long)]) for r in tq])
     return GPOBatch(_pad(xc, nc), _pad(yc, nc).unsqueeze(-1), _pad(xt, nt), _pad(yt, nt).unsqueeze(-1),
-                    tar_q, ctx_pad)
+                    tar_q, ctx_pad, _pad(kc, nc).unsqueeze(-1))
 
 
 def sample_context_targets(questions: list[int], num_ctx: int, num_tar: int,
