@@ -11,7 +11,7 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 from fedalign_lite.algorithms import fedpdpo as F
 from fedalign_lite.data.chat import format_prompt
-from fedalign_lite.data.client_preferences import DOMAINS, WORKED_ON, client_preference_pairs, rated
+from fedalign_lite.data.client_preferences import DOMAINS, WORKED_ON, client_preference_pairs, follows_rule, rated
 from fedalign_lite.data.preference import collate, review_pairs, tokenize_pair
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.models.causal_lm import load_model
@@ -129,12 +129,6 @@ def test_reference_global_starts_each_round_at_ln2():
     assert abs(two_base.history[2]["client_dpo_loss"] - math.log(2)) > 1e-6
 
 
-def _follows_rule(pair, kind):
-    """A personal pair is labelled by ``kind``'s rule when the worked answer (the one with '=') is chosen
-    exactly on ``kind``'s category."""
-    return ("=" in pair["chosen"]) == (pair["category"] == WORKED_ON[kind])
-
-
 def test_data_constructions():
     cfg = CFG.replace(num_clients=5, minority_fraction=0.4, pairs_per_client=10, eval_per_client=8)
     iid, non = client_preference_pairs(cfg, "iid"), client_preference_pairs(cfg, "noniid")
@@ -144,7 +138,7 @@ def test_data_constructions():
             personal = [p for p in train if "category" in p]
             assert len(personal) == len(train) - len(personal) == 10
             assert set(held) == {"personal", "shared"} and all(len(v) == 8 for v in held.values())
-            assert all(_follows_rule(p, kind) for p in held["personal"])          # held-out labels are the rule
+            assert all(follows_rule(p, kind) for p in held["personal"])          # held-out labels are the rule
             assert all("def " in p["chosen"] for p in held["shared"])
     for c, kind in enumerate(non.types):                                          # a type-A client: same test
         assert (iid.held[c] == non.held[c]) == (kind == "A")
@@ -154,13 +148,19 @@ def test_data_constructions():
     assert cross.names == list(DOMAINS) and [list(h) for h in cross.held] == [[d] for d in DOMAINS]
 
 
+def test_follows_rule_by_hand():
+    word, bare = {"category": "word", "chosen": "2 + 3 = 5. The answer is 5."}, {"category": "bare", "chosen": "The answer is 5."}
+    assert follows_rule(word, "A") and follows_rule(bare, "A") and not follows_rule(word, "B") and not follows_rule(bare, "B")
+    assert WORKED_ON == {"A": "word", "B": "bare"}
+
+
 def test_raters_agree_at_the_configured_rate():
     cfg = CFG.replace(num_clients=4, pairs_per_client=200, eval_per_client=4)
     noisy = client_preference_pairs(cfg.replace(agreement=0.8), "noniid")
     clean = client_preference_pairs(cfg.replace(agreement=1.0), "noniid")
     for kind, train in zip(clean.types, clean.train):
-        assert all(_follows_rule(p, kind) for p in train if "category" in p)
-    follows = [_follows_rule(p, kind) for kind, train in zip(noisy.types, noisy.train) for p in train if "category" in p]
+        assert all(follows_rule(p, kind) for p in train if "category" in p)
+    follows = [follows_rule(p, kind) for kind, train in zip(noisy.types, noisy.train) for p in train if "category" in p]
     assert 0.76 < sum(follows) / len(follows) < 0.84                               # 800 labels, sd 0.014
     assert rated([{"chosen": "x", "rejected": "y"}], 1.0, 0) == [{"chosen": "x", "rejected": "y"}]
 

@@ -250,6 +250,15 @@ _REFERENCE_CACHE: dict = {}
 
 
 @torch.no_grad()
+def pair_logps(model: "PersonalizedLM", tokenized: list[dict], pad_id: int, cfg: PDPOConfig, batch_size: int = 32,
+               reference: bool = False) -> torch.Tensor:
+    """(n, 2) log-probs (chosen, rejected) on ``tokenized``, in batches of ``batch_size`` pairs: the model as it
+    stands, or with ``reference`` the frozen base through the same code path."""
+    return torch.cat([pair_scores(model, collate(tokenized[i:i + batch_size], pad_id, cfg.max_length),
+                                  reference=reference)[0].view(2, -1).T
+                      for i in range(0, len(tokenized), batch_size)])
+
+
 def frozen_reference_logps(model: "PersonalizedLM", tokenized: list[dict], pad_id: int, cfg: PDPOConfig,
                            batch_size: int = 32) -> torch.Tensor:
     """(n, 2) log-probs (chosen, rejected) of the frozen base on ``tokenized``, in batches of ``batch_size``
@@ -266,9 +275,7 @@ def frozen_reference_logps(model: "PersonalizedLM", tokenized: list[dict], pad_i
     if key not in _REFERENCE_CACHE:
         if len(_REFERENCE_CACHE) > 1024:
             _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = torch.cat([
-            pair_scores(model, collate(tokenized[i:i + batch_size], pad_id, cfg.max_length), reference=True)[0]
-            .view(2, -1).T for i in range(0, len(tokenized), batch_size)])
+        _REFERENCE_CACHE[key] = pair_logps(model, tokenized, pad_id, cfg, batch_size, reference=True)
     return _REFERENCE_CACHE[key]
 
 
@@ -312,9 +319,11 @@ def make_client_update(model: PersonalizedLM, train: list[list[dict]], pad_id: i
         model.load_shared(ctx.global_state)
         model.load_personal(ps)
         if cfg.reference == "global":     # the round-start model, recomputed every round
-            ref = _policy_logps(model, data, pad_id, cfg)
+            model.eval()
+            ref = pair_logps(model, data, pad_id, cfg)
         else:                             # the frozen backbone never changes: computed once, kept
-            ps.setdefault("ref_logps", frozen_reference_logps(model, data, pad_id, cfg))
+            if "ref_logps" not in ps:
+                ps["ref_logps"] = frozen_reference_logps(model, data, pad_id, cfg)
             ref = ps["ref_logps"]
         model.train()
         opt = torch.optim.Adam(model.trainable(), lr=cfg.lr)
@@ -334,15 +343,6 @@ def make_client_update(model: PersonalizedLM, train: list[list[dict]], pad_id: i
         return ClientUpdate(model.shared_state(), len(data), metrics, personal)
 
     return client_update
-
-
-@torch.no_grad()
-def _policy_logps(model: PersonalizedLM, tokenized: list[dict], pad_id: int, cfg: PDPOConfig) -> torch.Tensor:
-    """(n, 2) log-probs of the current model (chosen, rejected), in eval mode."""
-    model.eval()
-    out = [pair_scores(model, collate(tokenized[i:i + 32], pad_id, cfg.max_length))[0].view(2, -1).T
-           for i in range(0, len(tokenized), 32)]
-    return torch.cat(out)
 
 
 def make_evaluate(model: PersonalizedLM, held: list[dict], pad_id: int, cfg: PDPOConfig):

@@ -87,6 +87,12 @@ def style_pair(item: dict, client_type: str) -> dict:
             "topic": item["operation"]}
 
 
+def follows_rule(pair: dict, client_type: str) -> bool:
+    """Whether a personal style pair is labelled as ``client_type``'s rule says: the worked answer (the one
+    with ``=``) is chosen exactly on the type's :data:`WORKED_ON` category."""
+    return ("=" in pair["chosen"]) == (pair["category"] == WORKED_ON[client_type])
+
+
 def review_pair(pair: dict, client_type: str) -> dict:
     """A review pair as ``client_type`` rates it: A prefers the fresh review, B the rotten one."""
     out = {**pair, "topic": pair_group(pair)}

@@ -50,8 +50,8 @@ def local_pilot(cfg: PDPOConfig, rates=PILOT_RATES, steps: int = 40, every: int 
             model, tok = F.build_model(c, METHODS["local"])
             train = [[tokenize_pair(tok, p) for p in data.train[client]]]
             held = [{part: [tokenize_pair(tok, p) for p in ps] for part, ps in data.held[client].items()}]
-            update, evaluate = F.make_client_update(model, train, tok.pad_token_id, c), \
-                F.make_evaluate(model, held, tok.pad_token_id, c)
+            update = F.make_client_update(model, train, tok.pad_token_id, c)
+            evaluate = F.make_evaluate(model, held, tok.pad_token_id, c)
             personal = {}
             for k in range(steps // every + 1):
                 if k:
@@ -127,16 +127,19 @@ def clients_of(cfg: PDPOConfig, kind: str, setting: str = "noniid") -> list[int]
     return [c for c, t in enumerate(client_types(cfg, setting)) if t == kind]
 
 
-def part_accuracy(record: dict, part: str | None, clients, row: int = -1) -> float:
-    """Mean held-out accuracy over ``clients`` on ``part`` (``None``: both parts), at evaluated row ``row``."""
-    h = evaluated(record)[row]
-    return float(np.mean([h[f"acc/{c}"] if part is None else h[f"acc_{part}/{c}"] for c in clients]))
+def _mean_accuracy(row: dict, part: str | None, clients) -> float:
+    return float(np.mean([row[f"acc/{c}"] if part is None else row[f"acc_{part}/{c}"] for c in clients]))
+
+
+def part_accuracy(record: dict, part: str | None, clients) -> float:
+    """Final mean held-out accuracy over ``clients`` on ``part`` (``None``: both parts)."""
+    return _mean_accuracy(evaluated(record)[-1], part, clients)
 
 
 def curve(record: dict, part: str | None, clients) -> tuple[list[int], list[float]]:
     """(rounds, accuracy) over the evaluated rounds, as :func:`part_accuracy`."""
     rows = evaluated(record)
-    return [h["round"] for h in rows], [part_accuracy(record, part, clients, i) for i in range(len(rows))]
+    return [h["round"] for h in rows], [_mean_accuracy(h, part, clients) for h in rows]
 
 
 def per_seed(results: dict, variant: str, part: str | None, clients) -> list[float]:
