@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from fedalign_lite.algorithms import fedmoa as F
+from fedalign_lite.data.fact_tasks import fact_pool, styled
 from fedalign_lite.data.tasks import parse_answer
 from fedalign_lite.errors import ConfigError
 from fedalign_lite.federated.loop import ClientUpdate
+from fedalign_lite.models.causal_lm import load_model
+from fedalign_lite.models.format_warmup import warmed_model
 from fedalign_lite.objectives.grpo import grpo_loss
 
 CFG = F.get_preset("smoke")
@@ -14,32 +17,61 @@ CFG = F.get_preset("smoke")
 
 def test_clients_are_heterogeneous_with_one_noisy_client_per_task():
     clients = F.make_clients(F.get_preset("cpu"))
-    assert [c.task for c in clients] == ["math"] * 4 + ["code"] * 4
+    assert [c.task for c in clients] == ["add"] * 4 + ["mul"] * 4
     assert [c.noisy for c in clients] == [True, False, False, False] * 2
-    assert len({(c.format_marker, c.max_tokens) for c in clients}) == 8
+    assert [c.max_chars for c in clients] == [18, 20, 18, 20, 12, 14, 12, 14]
+    assert {c.format_marker for c in clients} == {"The answer is", "Answer:"}
 
 
 def test_rewards_by_hand():
-    client = F.Client("math", "The answer is", 6, noisy=False)
-    task = {"prompt": "What is 2 plus 3?", "answer": 5}
-    r = F.client_rewards(client, task, ["2 + 3 = 5. The answer is 5.", "It is 6", ""], np.random.default_rng(0), CFG)
-    assert r.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
-    code = F.Client("code", "return", 40, noisy=False)
+    client = F.Client("add", "The answer is", 18, noisy=False)
+    task = {"prompt": "What is 9 plus 8?", "answer": 17}
+    texts = ["9 + 8 = 17. The answer is 17.", "The answer is 17.", "The answer is 16.", "The answer is", ""]
+    r = F.client_rewards(client, task, texts, np.random.default_rng(0), CFG)
+    # primary, format (starts with the marker), length (<= 18 characters with a digit: emptying does not pay)
+    assert r[:, :3].tolist() == [[1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 1, 0], [0, 0, 0]]
+    assert set(r[:, 3]) <= {0.0, 1.0}                    # the control: a coin flip, whatever the text
+    code = F.Client("code", "def ", 40, noisy=False)
     task = {"prompt": "", "entry_point": "f", "tests": [(1, 2), (2, 4)]}
     r = F.client_rewards(code, task, ["def f(x):\n    return 2 * x", "def f(x):\n    return x"], np.random.default_rng(0), CFG)
     assert r[:, 0].tolist() == [1.0, 0.0] and r[:, 1].tolist() == [1.0, 1.0]
 
 
-def test_noisy_primary_reward_flips_at_the_configured_rate():
-    client = F.Client("math", "=", 40, noisy=True)
+def test_noisy_primary_flips_and_the_control_is_a_fair_coin():
+    client = F.Client("add", "Answer:", 40, noisy=True)
     task = {"prompt": "", "answer": 5}
     r = F.client_rewards(client, task, ["The answer is 5."] * 4000, np.random.default_rng(0), CFG.replace(noise=0.3))
     assert 1 - r[:, 0].mean() == pytest.approx(0.3, abs=0.03)
+    assert r[:, 3].mean() == pytest.approx(F.CONTROL_RATE, abs=0.03)
+
+
+def test_fact_pools_are_closed_and_styles_are_what_the_rewards_ask_for():
+    add, mul = fact_pool("add"), fact_pool("mul")
+    assert len(add) == 300 and len(mul) == 363 and len({p["prompt"] for p in add}) == 300
+    assert {(p["a"], p["b"]) for p in add} == {(a, b) for a in range(10) for b in range(10)}
+    fact = next(p for p in mul if p["a"] == 12 and p["b"] == 12)
+    assert fact["answer"] == 144 and styled(fact, 143, "worked") == "12 * 12 = 143. The answer is 143."
+    for task, style in (("add", "concise"), ("mul", "answer_first")):   # each task's style meets both auxiliaries
+        client = F.Client(task, F.FORMAT_MARKERS[task], F.LENGTH_BUDGETS[task][0], noisy=False)
+        text = styled(fact, 144, style)
+        assert F.client_rewards(client, fact, [text], np.random.default_rng(0), CFG)[0, :3].tolist() == [1, 1, 1]
+
+
+def test_format_warmup_teaches_the_models_own_numbers_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDALIGN_CACHE", str(tmp_path))
+    model, tok, info = warmed_model("random-tiny", ("add",), steps=2)
+    assert info["pairs"] == 300 and len(info["losses"]) == 2
+    again, _, info2 = warmed_model("random-tiny", ("add",), steps=2)        # read back from the cache
+    assert info2 == info
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    base, _ = load_model("random-tiny")
+    assert not torch.equal(base.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])
 
 
 def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
     cfg = CFG.replace(method="fedmoa")
-    clients = F.make_clients(cfg)                       # 2 math, 2 code
+    clients = F.make_clients(cfg)                       # 2 add, 2 mul
     accs = {0: 0.0, 1: 0.5, 2: 0.25, 3: 0.75}
     monkeypatch.setattr(F, "set_adapter_state", lambda policy, state: policy.__setitem__("cid", int(state["w"].item())))
     monkeypatch.setattr(F, "accuracy", lambda policy, tok, tasks, kind, cfg: accs[policy["cid"]])
@@ -48,9 +80,9 @@ def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
     updates = [ClientUpdate({f"{c.task}/w": torch.tensor([float(i)])}, n, {}, client_id=i)
                for i, (c, n) in enumerate(zip(clients, [10, 10, 10, 30]))]
     new, state = aggregate({}, updates, {})
-    # math: client 0 has accuracy 0 -> all weight on client 1; code: n*a = 2.5 vs 22.5 -> 0.1 / 0.9
+    # add: client 0 has accuracy 0 -> all weight on client 1; mul: n*a = 2.5 vs 22.5 -> 0.1 / 0.9
     assert state["agg_weights"][0].tolist() == pytest.approx([0.0, 1.0, 0.1, 0.9])
-    assert new["math/w"].item() == pytest.approx(1.0) and new["code/w"].item() == pytest.approx(0.1 * 2 + 0.9 * 3)
+    assert new["add/w"].item() == pytest.approx(1.0) and new["mul/w"].item() == pytest.approx(0.1 * 2 + 0.9 * 3)
     own = F.make_accuracy_aware_aggregate({}, None, clients, cfg.replace(accuracy_source="client"))
     for u, a in zip(updates, [0.5, 0.5, 1.0, 0.0]):       # the clients' own (possibly noisy) accuracies
         u.metrics["val_acc"] = a
@@ -59,7 +91,7 @@ def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
     fedavg = F.make_fedavg_aggregate(cfg.replace(method="fedavg"))
     new, state = fedavg({}, updates, {})
     assert state["agg_weights"][0].tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
-    assert new["math/w"].item() == new["code/w"].item() == pytest.approx((0 + 1 + 2 + 3 * 3) / 6)
+    assert new["add/w"].item() == new["mul/w"].item() == pytest.approx((0 + 1 + 2 + 3 * 3) / 6)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +102,17 @@ def runs():
 def test_runs_log_weights_saturation_and_aggregation(runs):
     for run in runs.values():
         assert run.server_state["agg_weights"].shape == (CFG.rounds, CFG.num_clients)
-        assert {"acc", "personal_acc", "acc/math", "acc/code"} <= set(run.history[-1])
-    assert [x["client_w_primary"] for x in runs["fedavg"].client_log] == pytest.approx([1 / 3] * len(runs["fedavg"].client_log))
-    assert all(len(ps["logits"]) == 3 for ps in runs["fedmoa"].personal_states.values())
+        assert {"acc", "personal_acc", "acc/add", "acc/mul"} <= set(run.history[-1])
+    assert [x["client_w_primary"] for x in runs["fedavg"].client_log] == pytest.approx([1 / 4] * len(runs["fedavg"].client_log))
+    assert all(len(ps["logits"]) == 4 for ps in runs["fedmoa"].personal_states.values())
+    # FedAvg's two task models are one average, so its global and personalized accuracies coincide
+    assert runs["fedavg"].history[-1]["acc"] == runs["fedavg"].history[-1]["personal_acc"]
 
 
 def test_each_client_downloads_and_uploads_its_task_adapter_plus_scalars(runs):
     run = runs["fedmoa"]
-    per_task = sum(v.numel() * v.element_size() for k, v in run.global_state.items() if k.startswith("math/"))
-    scalars = 8 * (1 + 5)                               # n_i; 3 weights, 2 saturations (no id: the loop knows)
+    per_task = sum(v.numel() * v.element_size() for k, v in run.global_state.items() if k.startswith("add/"))
+    scalars = 8 * (1 + 3 * 4)                   # n_i; weight, compliance, all-equal share of 4 objectives
     assert run.history[1]["bytes_up"] == CFG.num_clients * (per_task + scalars)
     assert run.history[1]["bytes_down"] == CFG.num_clients * per_task    # its task's model, not both
 
@@ -89,6 +123,9 @@ def test_each_client_downloads_and_uploads_its_task_adapter_plus_scalars(runs):
     ("noise", 0.6, "noise must be in"),
     ("group_size", 1, "group_size must be >= 2"),
     ("accuracy_source", "oracle", "accuracy_source='oracle' is not allowed"),
+    ("tasks", ("add", "add"), "tasks must be two different task kinds"),
+    ("tasks", ("add", "division"), "tasks='division' is not allowed"),
+    ("tasks", ("math", "code"), "warmup_steps > 0 needs fact-family tasks"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -2,14 +2,14 @@
 accuracy-aware aggregation. [RECONSTRUCTION: only the abstract is public; the client follows docs/fedmoa.md §2
 and the server 4.3, both proposals.]
 
-    client i (task math or code), objectives m = (primary correctness, format, length), weights w = softmax(s):
+    client i (one of two tasks), objectives m = (primary correctness, format, length, control), w = softmax(s):
       for k = 1..K:
         B prompts x G samples from pi_theta; rewards r_{m,j} with the client's own definitions
         A^(m) = group-normalised advantage of objective m              (a saturated objective gives 0)
         g_m = grad of the GRPO surrogate's advantage term with A^(m)   (LoRA parameters; no KL inside)
         h_m = <g_p^(k) / |g_p^(k)|, g_m^(k-1)> / mean_n |g_n^(k-1)|    (hypergradient, docs/foundations.md §7;
               s <- s + gamma w (h - <w, h>)                              the scaling is our choice, below)
-        theta <- theta + eta (sum_m w_m g_m + g_KL)                     (the k3 KL to the base, added once)
+        theta <- Adam step along sum_m w_m g_m + g_KL                   (the k3 KL to the base, added once)
       upload theta_i, n_i   (the server knows the sender, and so its task, from the transport)
     server: within each task T, theta_T = sum_{i in T} n_i a_i theta_i / sum n_i a_i, with a_i the accuracy
       of client i's adapter on a server-held validation set of its task [choice; ``accuracy_source="client"``
@@ -17,6 +17,11 @@ and the server 4.3, both proposals.]
       global theta_g = sum_T |T|/N theta_T; clients receive their task's model.
 
 Methods: ``fedavg`` (fixed equal weights, FedAvg, one global model), ``hyper_only``, ``agg_only``, ``fedmoa``.
+Tasks: math and code in the gpu preset; two closed arithmetic families (:mod:`fedalign_lite.data.fact_tasks`)
+in cpu and smoke [stand-in], from a model given a format-only warm-up (:mod:`fedalign_lite.models.format_warmup`).
+The control objective is a coin flip per sample: it cannot saturate, so it shows what the weights do with an
+objective that carries no information [choice, as the issue asked]. The local optimizer is Adam, fresh each
+round [choice: SGD's rate depends on the gradient's scale, which the weights change].
 One update per rollout, so the GRPO ratio is 1 and clipping never binds [choice: PPO-style reuse of a
 rollout would cost more generation than the cpu preset can afford]; the k3 KL to the frozen base is kept.
 """
@@ -29,26 +34,33 @@ import numpy as np
 import torch
 
 from fedalign_lite.config import PRESETS, ValidatedConfig, check_model_name
+from fedalign_lite.data.fact_tasks import FAMILIES, fact_pool
 from fedalign_lite.data.tasks import arithmetic_problem, code_task, parse_answer
 from fedalign_lite.errors import ConfigError, PayloadError, check_choice
 from fedalign_lite.federated.aggregators import weighted_average
 from fedalign_lite.federated.loop import ClientUpdate, Federation, lazy
 from fedalign_lite.models.causal_lm import (
     add_lora,
-    apply_lora_step,
     get_adapter_state,
-    load_model,
     lora_parameters,
     set_adapter_state,
 )
+from fedalign_lite.models.format_warmup import warmed_model
 from fedalign_lite.models.rollout import rollout_token_logps, sample
 from fedalign_lite.objectives.grpo import group_advantages, grpo_loss, hypergradient_step
 from fedalign_lite.objectives.sandbox import run_tests
 from fedalign_lite.seeding import derive_seed
 
 METHODS = ("fedavg", "hyper_only", "agg_only", "fedmoa")
-TASKS = ("math", "code")
-OBJECTIVES = ("primary", "format", "length")
+TASK_KINDS = ("math", "code", *FAMILIES)
+OBJECTIVES = ("primary", "format", "length", "control")
+FORMAT_MARKERS = {"math": "The answer is", "code": "def ", "add": "The answer is", "mul": "Answer:"}
+"""The format reward: the response must start with its task's marker."""
+LENGTH_BUDGETS = {"math": (48, 64), "code": (64, 96), "add": (18, 20), "mul": (12, 14)}
+"""The length reward: at most this many characters, and a digit in the response (so emptying it does not
+pay); clients of a task alternate between the two budgets. ``The answer is 17.`` is 17 characters and
+``Answer: 144.`` 12, so a fact family's auxiliaries are met together by its task's warm-up style."""
+CONTROL_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,24 +68,27 @@ class MOAConfig(ValidatedConfig):
     preset: str = "cpu"
     model: str = "fedalign-base"
     method: str = "fedmoa"
-    num_clients: int = 8             # half math, half code
-    rounds: int = 3
-    local_steps: int = 3
-    prompts_per_step: int = 2
-    group_size: int = 4              # G samples per prompt
-    max_new_tokens: int = 20
+    tasks: tuple = ("add", "mul")    # two task kinds, half the clients each (cpu: fact families, a stand-in)
+    warmup_steps: int = 150          # format-only warm-up of the base (models/format_warmup.py); 0 = none
+    num_clients: int = 8             # half on each task
+    rounds: int = 6
+    local_steps: int = 4
+    prompts_per_step: int = 4
+    group_size: int = 8              # G samples per prompt
+    max_new_tokens: int = 16
     temperature: float = 1.0
-    lr: float = 10.0                 # local SGD step on the LoRA; GRPO averages over tokens, so its gradient is
-                                     # ~|o| times smaller than FIRM's summed REINFORCE and eta is larger
-    lora_r: int = 4
-    lora_alpha: int = 8
+    lr: float = 3e-3                 # local Adam on the LoRA, fresh each round
+    lora_r: int = 8
+    lora_alpha: int = 16
     beta_kl: float = 0.04
     hyper_lr: float = 5.0            # gamma: step on the weight logits per unit of h [PROPOSAL: unknown;
                                      # 5 moves a weight by ~0.1 per step of consistent h 0.1]
     hypergradient: str = "scaled"    # h_m: "scaled" inner product (-> 0 as g_m vanishes), "cosine", or "raw"
     noise: float = 0.3               # probability that a noisy client's primary reward is flipped
     accuracy_source: str = "server"  # "server" validation set, or the client's own reward on its held-out prompts
-    eval_prompts: int = 8            # per task, for the global and personalized evaluation (greedy)
+    eval_prompts: int = 8            # math/code: held-out problems per task (fact families: the whole pool)
+    val_prompts: int = 64            # per task, the server's validation set for accuracy-aware aggregation
+    eval_every: int = 3              # evaluate at round 0, after every eval_every-th round and the last
     data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
                                     # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
@@ -84,11 +99,20 @@ class MOAConfig(ValidatedConfig):
         check_choice("accuracy_source", self.accuracy_source, ("server", "client"))
         check_choice("hypergradient", self.hypergradient, HYPERGRADIENTS)
         check_model_name(self.model)
+        if len(self.tasks) != 2 or len(set(self.tasks)) != 2:
+            raise ConfigError(f"tasks must be two different task kinds, got {self.tasks!r}")
+        for task in self.tasks:
+            check_choice("tasks", task, TASK_KINDS)
         self.check_numbers(integers=("num_clients", "rounds", "local_steps", "prompts_per_step", "group_size",
-                                     "max_new_tokens", "lora_r", "lora_alpha", "eval_prompts"),
+                                     "max_new_tokens", "lora_r", "lora_alpha", "eval_prompts", "val_prompts",
+                                     "eval_every"),
                            positives=("temperature", "lr", "hyper_lr"), non_negatives=("beta_kl",))
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps and not set(self.tasks) <= set(FAMILIES):
+            raise ConfigError(f"warmup_steps > 0 needs fact-family tasks {list(FAMILIES)}, got tasks={self.tasks!r}")
         if self.num_clients < 4 or self.num_clients % 2:
-            raise ConfigError(f"num_clients must be even and >= 4 (half math, half code), got {self.num_clients}")
+            raise ConfigError(f"num_clients must be even and >= 4 (half on each task), got {self.num_clients}")
         if not 0 <= self.noise < 0.5:
             raise ConfigError(f"noise must be in [0, 0.5) (a flip probability), got {self.noise}")
         if self.group_size < 2:
@@ -105,10 +129,10 @@ class MOAConfig(ValidatedConfig):
 
 _PRESETS = {
     "smoke": dict(model="random-tiny", num_clients=4, rounds=2, local_steps=2, prompts_per_step=1, group_size=2,
-                  max_new_tokens=8, eval_prompts=2),
+                  max_new_tokens=8, warmup_steps=2, val_prompts=2, eval_every=1),
     "cpu": {},
-    "gpu": dict(model="smollm2-135m", rounds=20, local_steps=4, prompts_per_step=4, group_size=8, max_new_tokens=96,
-                eval_prompts=64, lora_r=8, lora_alpha=16, lr=0.2),
+    "gpu": dict(model="smollm2-135m", tasks=("math", "code"), warmup_steps=0, rounds=20, max_new_tokens=96,
+                eval_prompts=300, eval_every=5),
 }
 
 
@@ -124,50 +148,53 @@ class Client:
     """A client's task and reward definitions (heterogeneous across clients)."""
 
     task: str
-    format_marker: str      # the format reward: the response must contain this text
-    max_tokens: int         # the length reward: at most this many characters / 4
+    format_marker: str      # the format reward: the response must start with this text
+    max_chars: int          # the length reward: at most this many characters, and a digit in the response
     noisy: bool             # primary reward flipped with probability cfg.noise
 
 
 def make_clients(cfg: MOAConfig) -> list[Client]:
-    """Half math, half code; format markers and length budgets differ per client; the first client of
-    each task has a noisy primary reward."""
-    markers = {"math": ["The answer is", "=", "answer", "."], "code": ["return", "def ", ":", "("]}
+    """Half the clients on each task; length budgets alternate within a task; the first client of each task
+    has a noisy primary reward."""
     half = cfg.num_clients // 2
-    return [Client(task, markers[task][i % 4], (12, 16, 20, 24)[i % 4], i == 0)
-            for task in TASKS for i in range(half)]
+    return [Client(task, FORMAT_MARKERS[task], LENGTH_BUDGETS[task][i % 2], i == 0)
+            for task in cfg.tasks for i in range(half)]
 
 
 def make_task(task: str, rng: random.Random) -> dict:
-    """``{"prompt", "answer" | ("entry_point", "tests")}`` for one math or code problem."""
+    """``{"prompt", "answer" | ("entry_point", "tests")}``: a prompt of a fact family's closed pool, or a fresh
+    math or code problem."""
+    if task in FAMILIES:
+        return rng.choice(fact_pool(task))
     return arithmetic_problem(rng) if task == "math" else code_task(rng)
 
 
 def correctness(task: dict, kind: str, response: str) -> float:
-    """1.0 when the math answer is right or the code passes every test (in the sandbox)."""
-    if kind == "math":
-        value = parse_answer(response)
-        return float(value is not None and abs(value - task["answer"]) < 1e-6)
-    return run_tests(response, task["entry_point"], task["tests"], timeout_s=3.0, cpu_s=1).score
+    """1.0 when the answer is right (math, fact families) or the code passes every test (in the sandbox)."""
+    if kind == "code":
+        return run_tests(response, task["entry_point"], task["tests"], timeout_s=3.0, cpu_s=1).score
+    value = parse_answer(response)
+    return float(value is not None and abs(value - task["answer"]) < 1e-6)
 
 
 def client_rewards(client: Client, task: dict, responses: list[str], rng: np.random.Generator, cfg: MOAConfig):
-    """(N, 3) rewards (primary, format, length) under this client's definitions."""
+    """(N, 4) rewards (primary, format, length, control) under this client's definitions."""
     primary = np.array([correctness(task, client.task, r) for r in responses])
     if client.noisy:
         flip = rng.random(len(primary)) < cfg.noise
         primary = np.where(flip, 1.0 - primary, primary)
-    fmt = np.array([float(client.format_marker in r) for r in responses])
-    length = np.array([float(len(r) / 4 <= client.max_tokens) for r in responses])
-    return np.stack([primary, fmt, length], 1)
+    fmt = np.array([float(r.startswith(client.format_marker)) for r in responses])
+    length = np.array([float(len(r) <= client.max_chars and any(c.isdigit() for c in r)) for r in responses])
+    control = (rng.random(len(responses)) < CONTROL_RATE).astype(float)
+    return np.stack([primary, fmt, length, control], 1)
 
 
 # ---------------------------------------------------------------------------------- the algorithm --
 
 def objective_gradients(policy, tok, client: Client, rng_py: random.Random, rng: np.random.Generator,
                         cfg: MOAConfig):
-    """One GRPO rollout: ((M, d) ascent directions of each objective's advantage term, (d,) the ascent
-    direction of the KL term (zeros without one), (N, M) rewards)."""
+    """One GRPO rollout of ``cfg.prompts_per_step`` prompts x G samples: ((M, d) ascent directions of each
+    objective's advantage term, (d,) the ascent direction of the KL term (zeros without one), (N, M) rewards)."""
     tasks = [make_task(client.task, rng_py) for _ in range(cfg.prompts_per_step)]
     prompts = [t["prompt"] for t in tasks for _ in range(cfg.group_size)]
     roll = sample(policy, tok, prompts, cfg.max_new_tokens, cfg.temperature)
@@ -239,6 +266,7 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
     """FedMOA's client (module docstring), with the weight rule of ``cfg.method``. Personal state: the
     weight logits s and, for the hypergradient, the last step's gradients (kept across rounds)."""
     next_weights = hypergradient_weights(cfg) if cfg.hyper else equal_weights(cfg)
+    params = lora_parameters(policy)
 
     def client_update(ctx) -> ClientUpdate:
         client = clients[ctx.client_id]
@@ -247,17 +275,23 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
         s = torch.as_tensor(ctx.personal_state.get("logits", [0.0] * len(OBJECTIVES)), dtype=torch.float64)
         rng_py, rng = random.Random(ctx.seed), np.random.default_rng(ctx.seed)
         previous = ctx.personal_state.get("previous_grads")
-        weights, saturation = [], []
+        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        weights, compliance, all_equal = [], [], []
         for _ in range(cfg.local_steps):
             grads, kl, rewards = objective_gradients(policy, tok, client, rng_py, rng, cfg)
             s, w = next_weights(s, grads, previous)
-            apply_lora_step(policy, w.float() @ grads + kl, cfg.lr)
+            ascent = w.float() @ grads + kl
+            for p, g in zip(params, torch.split(ascent, [p.numel() for p in params])):
+                p.grad = -g.view_as(p)                      # Adam descends; the direction is an ascent
+            optimizer.step()
             previous = grads
             weights.append(w.numpy())
-            saturation.append((rewards[:, 1:] == 1.0).mean(0))     # share of samples at the auxiliary maximum
-        w_mean, sat = np.mean(weights, 0), np.mean(saturation, 0)
-        metrics = {"w_primary": float(w_mean[0]), "w_format": float(w_mean[1]), "w_length": float(w_mean[2]),
-                   "sat_format": float(sat[0]), "sat_length": float(sat[1])}
+            compliance.append(rewards.mean(0))               # the share of samples that meet each objective
+            groups = rewards.reshape(-1, cfg.group_size, len(OBJECTIVES))
+            all_equal.append((groups == groups[:, :1]).all(1).mean(0))   # groups with no spread: advantage 0
+        metrics = {}
+        for stat, values in (("w", weights), ("reward", compliance), ("all_equal", all_equal)):
+            metrics.update({f"{stat}_{name}": float(v) for name, v in zip(OBJECTIVES, np.mean(values, 0))})
         if cfg.task_aware and cfg.accuracy_source == "client":   # its own (possibly noisy) reward on held-out prompts
             held = [make_task(client.task, random.Random(derive_seed(cfg.data_seed, ctx.client_id, 55, i)))
                     for i in range(cfg.eval_prompts)]
@@ -272,9 +306,14 @@ def make_client_update(policy, tok, clients: list[Client], cfg: MOAConfig):
 
 
 def validation_tasks(cfg: MOAConfig, purpose: int) -> dict:
-    """Fixed prompts per task (``purpose`` 0 = server validation, 1 = evaluation), disjoint streams."""
+    """Fixed prompts per task (``purpose`` 0 = server validation, ``cfg.val_prompts`` each, 1 = evaluation).
+    A fact family is evaluated on its whole closed pool [labelled: the RL objective itself; the family has no
+    held-out facts] and validated on ``val_prompts`` of it; math and code draw fresh problems, disjoint streams."""
     rng = random.Random(derive_seed(cfg.data_seed, 77, purpose))
-    return {t: [make_task(t, rng) for _ in range(cfg.eval_prompts)] for t in TASKS}
+    if purpose == 1:
+        return {t: fact_pool(t) if t in FAMILIES else [make_task(t, rng) for _ in range(cfg.eval_prompts)]
+                for t in cfg.tasks}
+    return {t: [make_task(t, rng) for _ in range(cfg.val_prompts)] for t in cfg.tasks}
 
 
 @torch.no_grad()
@@ -300,7 +339,7 @@ def make_fedavg_aggregate(cfg: MOAConfig):
         lora = [{k.split("/", 1)[1]: v for k, v in u.upload.items()} for u in updates]
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         avg = weighted_average(lora, list(n))
-        new = {f"{name}/{k}": v for name in TASKS for k, v in avg.items()}
+        new = {f"{name}/{k}": v for name in cfg.tasks for k, v in avg.items()}
         return new, _with_weights_row(server_state, updates, n / n.sum(), cfg.num_clients)
 
     return aggregate
@@ -330,7 +369,7 @@ def make_accuracy_aware_aggregate(policy, tok, clients: list[Client], cfg: MOACo
         n = np.array([u.num_samples for u in updates], dtype=np.float64)
         acc = accuracies(lora, tasks, updates)
         task_models, weights = {}, np.zeros(len(updates))
-        for name in TASKS:
+        for name in cfg.tasks:
             members = [i for i, x in enumerate(tasks) if x == name]
             w = n[members] * acc[members]
             w = w if w.sum() > 0 else n[members]          # nobody is right yet: plain FedAvg in the task
@@ -348,16 +387,19 @@ def make_evaluate(policy, tok, cfg: MOAConfig):
     held = validation_tasks(cfg, 1)
 
     def evaluate(global_state: dict, round_: int, personal_states: dict) -> dict:
-        task_models = {t: {k[len(t) + 1:]: v for k, v in global_state.items() if k.startswith(f"{t}/")} for t in TASKS}
+        tasks = cfg.tasks
+        task_models = {t: {k[len(t) + 1:]: v for k, v in global_state.items() if k.startswith(f"{t}/")} for t in tasks}
+        mean_model = weighted_average(list(task_models.values()), [1.0] * len(tasks))
         row = {}
-        for t in TASKS:
+        for t in tasks:
             set_adapter_state(policy, task_models[t])
             row[f"personal_acc/{t}"] = accuracy(policy, tok, held[t], t, cfg)
-        set_adapter_state(policy, weighted_average(list(task_models.values()), [1.0] * len(TASKS)))
-        for t in TASKS:
-            row[f"acc/{t}"] = accuracy(policy, tok, held[t], t, cfg)
-        row["acc"] = float(np.mean([row[f"acc/{t}"] for t in TASKS]))
-        row["personal_acc"] = float(np.mean([row[f"personal_acc/{t}"] for t in TASKS]))
+            same = all(torch.equal(mean_model[k], v) for k, v in task_models[t].items())
+            if not same:                  # FedAvg's task models are the mean model: one evaluation serves both
+                set_adapter_state(policy, mean_model)
+            row[f"acc/{t}"] = row[f"personal_acc/{t}"] if same else accuracy(policy, tok, held[t], t, cfg)
+        row["acc"] = float(np.mean([row[f"acc/{t}"] for t in tasks]))
+        row["personal_acc"] = float(np.mean([row[f"personal_acc/{t}"] for t in tasks]))
         return row
 
     return evaluate
@@ -384,16 +426,17 @@ def federation(cfg: MOAConfig) -> Federation:
     """One FedMOA / ablation / FedAvg run (``cfg.method``) as a
     :class:`~fedalign_lite.federated.loop.Federation`; artifacts: the clients. Each client is sent only
     its task's model (what ``bytes_down`` counts)."""
-    base, tok = load_model(cfg.model, seed=cfg.seed)
+    base, tok, _ = warmed_model(cfg.model, cfg.tasks, steps=cfg.warmup_steps)
     torch.manual_seed(cfg.seed)
     policy = add_lora(base, cfg.lora_r, cfg.lora_alpha)
     clients = make_clients(cfg)
     init = get_adapter_state(policy)
-    global_state = {f"{t}/{k}": v for t in TASKS for k, v in init.items()}
+    global_state = {f"{t}/{k}": v for t in cfg.tasks for k, v in init.items()}
     aggregate = (make_accuracy_aware_aggregate(policy, tok, clients, cfg) if cfg.task_aware
                  else make_fedavg_aggregate(cfg))
     return Federation(make_client_update(policy, tok, clients, cfg), aggregate,
                       global_state, num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed,
+                      evaluate_every=cfg.eval_every,
                       evaluate=lazy(lambda: make_evaluate(policy, tok, cfg)), fingerprint=cfg.fingerprint(),
                       download=lambda state, cid: {k: v for k, v in state.items()
                                                    if k.startswith(f"{clients[cid].task}/")},

@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedalign_lite.data.assets import asset_path
+from fedalign_lite.data.chat import format_prompt
 from fedalign_lite.errors import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "fedalign-base"
@@ -155,3 +156,20 @@ def apply_lora_step(model, direction: torch.Tensor, lr: float) -> None:
         for p in lora_parameters(model):
             p.add_(lr * direction[offset: offset + p.numel()].view_as(p))
             offset += p.numel()
+
+
+def sft_batch(tok, pairs: list[tuple[str, str]], max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, labels), each (B, T), for (prompt, response) pairs in the chat format,
+    right-padded; labels are -100 outside the response, so the loss is on the response and its EOS only."""
+    rows = []
+    for prompt, response in pairs:
+        p = tok(format_prompt(prompt), add_special_tokens=False)["input_ids"]
+        r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append(((p + r)[:max_len], ([-100] * len(p) + r)[:max_len]))
+    width = max(len(i) for i, _ in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, (i, lab) in enumerate(rows):
+        ids[k, : len(i)], labels[k, : len(lab)], mask[k, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+    return ids, mask, labels

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedalign_lite.data import assets, tasks
-from fedalign_lite.data.chat import EOS, SPECIAL_TOKENS, format_prompt, is_refusal
-from fedalign_lite.models.causal_lm import WEIGHTS_DIR, llama_config
+from fedalign_lite.data.chat import EOS, SPECIAL_TOKENS, is_refusal
+from fedalign_lite.models.causal_lm import WEIGHTS_DIR, llama_config, sft_batch
 from fedalign_lite.models.rollout import sample
 
 
@@ -117,25 +117,6 @@ def _packed(tok, texts: list[str], seq_len: int) -> torch.Tensor:
         ids += enc + [tok.eos_token_id]
     n = len(ids) // seq_len
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-
-
-def _sft_example(tok, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
-    p = tok(format_prompt(prompt), add_special_tokens=False)["input_ids"]
-    r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = (p + r)[:max_len]
-    labels = ([-100] * len(p) + r)[:max_len]
-    return ids, labels
-
-
-def _sft_batch(tok, pairs, max_len):
-    rows = [_sft_example(tok, p, r, max_len) for p, r in pairs]
-    width = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for k, (i, l) in enumerate(rows):
-        ids[k, : len(i)], labels[k, : len(l)], mask[k, : len(i)] = torch.tensor(i), torch.tensor(l), 1
-    return ids, mask, labels
 
 
 def train(model, batches, steps: int, lr: float, desc: str) -> list[float]:
@@ -302,11 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     kinds = sorted(corpus["sft"])
 
-    def sft_batch(step):
-        return _sft_batch(tok, [rng.choice(corpus["sft"][rng.choice(kinds)]) for _ in range(args.batch * 2)], 128)
+    def sft_batches(step):
+        return sft_batch(tok, [rng.choice(corpus["sft"][rng.choice(kinds)]) for _ in range(args.batch * 2)], 128)
 
     t2 = time.time()
-    sft_losses = train(model, sft_batch, args.sft_steps, args.lr / 3, "instruction-tune")
+    sft_losses = train(model, sft_batches, args.sft_steps, args.lr / 3, "instruction-tune")
     t_sft = time.time() - t2
     report = evaluate(model, tok, corpus, args.seq_len, n=20 if args.quick else 200)
     samples = dict(zip(SAMPLE_PROMPTS, generate(model, tok, SAMPLE_PROMPTS, max_new_tokens=40)))
