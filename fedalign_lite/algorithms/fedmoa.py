@@ -71,7 +71,7 @@ class MOAConfig(ValidatedConfig):
     tasks: tuple = ("add", "mul")    # two task kinds, half the clients each (cpu: fact families, a stand-in)
     warmup_steps: int = 150          # format-only warm-up of the base (models/format_warmup.py); 0 = none
     num_clients: int = 8             # half on each task
-    rounds: int = 6
+    rounds: int = 5
     local_steps: int = 4
     prompts_per_step: int = 4
     group_size: int = 8              # G samples per prompt
