@@ -119,3 +119,15 @@ def test_greedy_equals_generate_with_grouped_query_attention():
     ours, _ = decode(model, enc["input_ids"], enc["attention_mask"], 16, eos_token_id=tok.eos_token_id,
                      pad_token_id=tok.pad_token_id, greedy=True)
     assert torch.equal(ours, ref)
+
+
+def test_a_response_prefix_continues_the_greedy_answer_where_it_left_off():
+    """Greedy decoding is causal: begin the response with the first words of the model's own greedy answer and
+    it writes the rest of that answer (the prefix belongs to the prompt, not to the returned text)."""
+    model, tok = load_model("fedalign-base")
+    prompts = ["What is 2 plus 3?", "Compute 7 * 8."]
+    free = sample(model, tok, prompts, 16, greedy=True).texts
+    heads = [" ".join(t.split()[:3]) for t in free]
+    for prompt, text, head in zip(prompts, free, heads):
+        rest = sample(model, tok, [prompt], 16, greedy=True, response_prefix=head).texts[0]
+        assert f"{head} {rest}" == text

@@ -148,8 +148,9 @@ def claims_document(results: dict, cfg: MOAConfig, seeds: list[int], wall_s: flo
 # ------------------------------------------------------------------ calibration and one step by hand --
 
 def calibration(cfg: MOAConfig, prompts_per_client: int = 16) -> dict:
-    """Before any method runs: ``{"accuracy": [{model, task, greedy accuracy}], "warmup": info, "clients":
-    [{client, task, objective, compliance, all-equal groups}]}``. Accuracy is greedy on each task's whole
+    """Before any method runs: ``{"accuracy": [{model, task, greedy accuracy}], "styles": [{task, answer
+    begins with, greedy accuracy}], "warmup": info, "clients": [{client, task, objective, compliance,
+    all-equal groups}], "example": one group's texts}``. Accuracy is greedy on each task's whole
     evaluation set, for the base and for the warmed-up model; compliance is each client's own rewards on
     ``prompts_per_client`` of its prompts x G samples at the training temperature, from the warmed-up model."""
     torch.manual_seed(cfg.seed)
@@ -158,6 +159,14 @@ def calibration(cfg: MOAConfig, prompts_per_client: int = 16) -> dict:
     warm, tok, info = warmed_model(cfg.model, cfg.tasks, steps=cfg.warmup_steps)
     rows = [{"model": name, "task": t, "greedy accuracy": fedmoa.accuracy(m, tok, held[t], t, cfg)}
             for name, m in (("base", base), ("warmed up", warm)) for t in cfg.tasks]
+    styles = []            # what each task's format costs: the warmed-up model's accuracy once an answer has
+    for t in cfg.tasks:    # begun with a marker (none: the model's own choice, mostly the worked style)
+        for marker in ("", *sorted({fedmoa.FORMAT_MARKERS[x] for x in cfg.tasks})):
+            texts = sample(warm, tok, [x["prompt"] for x in held[t]], cfg.max_new_tokens, greedy=True,
+                           response_prefix=marker).texts
+            styles.append({"task": t, "answer begins with": repr(marker) if marker else "(free)",
+                           "greedy accuracy": float(np.mean([fedmoa.correctness(x, t, f"{marker} {r}")
+                                                             for x, r in zip(held[t], texts)]))})
     clients, per_client = fedmoa.make_clients(cfg), []
     for cid, client in enumerate(clients):
         rng_py, rng = random.Random(derive_seed(cfg.data_seed, 91, cid)), np.random.default_rng(cid)
@@ -170,7 +179,8 @@ def calibration(cfg: MOAConfig, prompts_per_client: int = 16) -> dict:
         per_client += [{"client": cid, "task": client.task, "objective": name, "compliance": rewards[:, m].mean(),
                         "all-equal groups": (groups[:, :, m] == groups[:, :1, m]).all(1).mean()}
                        for m, name in enumerate(OBJECTIVES)]
-    return {"accuracy": rows, "warmup": info, "clients": per_client, "example": texts[:cfg.group_size]}
+    return {"accuracy": rows, "styles": styles, "warmup": info, "clients": per_client,
+            "example": texts[:cfg.group_size]}
 
 
 def one_client_step(cfg: MOAConfig, client_id: int = 1) -> dict:

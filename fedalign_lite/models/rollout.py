@@ -41,11 +41,13 @@ class Rollout:
 
 @torch.no_grad()
 def sample(model, tok, prompts: list[str], max_new_tokens: int = 24, temperature: float = 1.0,
-           greedy: bool = False) -> Rollout:
-    """One response per prompt (repeat a prompt G times for a group); RNG state comes from the caller."""
+           greedy: bool = False, response_prefix: str = "") -> Rollout:
+    """One response per prompt (repeat a prompt G times for a group); RNG state comes from the caller.
+    ``response_prefix`` is written for the model as the start of every response (it is part of the prompt,
+    so not of the returned texts): what the model says once an answer has begun that way."""
     tok.padding_side = "left"
     try:
-        enc = tok([format_prompt(p, tok) for p in prompts], return_tensors="pt", padding=True,
+        enc = tok([format_prompt(p, tok) + response_prefix for p in prompts], return_tensors="pt", padding=True,
                   add_special_tokens=False)
     finally:
         tok.padding_side = "right"
