@@ -7,6 +7,7 @@ from fedalign_lite.algorithms import fedmoa as F
 from fedalign_lite.data.fact_tasks import fact_pool, styled
 from fedalign_lite.data.tasks import parse_answer
 from fedalign_lite.errors import ConfigError
+from fedalign_lite.experiments import fedmoa as X
 from fedalign_lite.federated.loop import ClientUpdate
 from fedalign_lite.models.causal_lm import load_model
 from fedalign_lite.models.format_warmup import warmed_model
@@ -180,18 +181,16 @@ def test_advantage_directions_plus_kl_equal_one_grpo_gradient():
 
 def test_weight_slope_by_hand():
     """w_primary changes by 0.1 x the compliance of the round it changes in, plus 0.02: the slope is 0.1."""
-    from fedalign_lite.experiments.fedmoa import weight_slope_on
     rng = np.random.default_rng(0)
     compliance = rng.random((5, 3))
     w = np.cumsum(np.vstack([np.full((1, 3), 0.25), 0.1 * compliance[1:] + 0.02]), 0)
     log = [{"status": "ok", "round": r + 1, "client": c, "client_w_primary": w[r, c]} for r in range(5) for c in range(3)]
-    assert weight_slope_on({"client_log": log}, compliance) == pytest.approx(0.1)
-    assert weight_slope_on({"client_log": log}, np.full((5, 3), 0.5)) == 0.0     # no spread in x: no slope
+    assert X.weight_slope_on({"client_log": log}, compliance) == pytest.approx(0.1)
+    assert X.weight_slope_on({"client_log": log}, np.full((5, 3), 0.5)) == 0.0     # no spread in x: no slope
 
 
 def test_claims_document_from_smoke_runs(runs):
     """The claims machinery reads every key the runs log (smoke: 1 seed per method, so intervals are undefined)."""
-    from fedalign_lite.experiments import fedmoa as X
     results = {m: [{**rec, "noisy": [c.noisy for c in F.make_clients(CFG)]}] for m, rec in
                ((m, X.run_record(runs[m if m in runs else "fedavg"])) for m in F.METHODS)}
     doc = X.claims_document(results, CFG, [0], 1.0)
