@@ -13,6 +13,8 @@ style gives no gradient. :data:`STYLES` are the three styles of :func:`styled`; 
 """
 from __future__ import annotations
 
+import functools
+
 FAMILIES = {"add": ("+", "plus", range(0, 10)), "mul": ("*", "times", range(2, 13))}
 """family -> (operator, word, operand range): 1-digit addition (100 facts) and 2-12 times 2-12 (121 facts)."""
 TEMPLATES = ("What is {a} {word} {b}?", "Calculate {a} {op} {b}.", "Compute {a} {op} {b}.")
@@ -21,12 +23,14 @@ STYLES = ("worked", "concise", "answer_first")
 ``answer_first``: ``Answer: 7.``"""
 
 
-def fact_pool(family: str) -> list[dict]:
-    """Every prompt of a family, ``{"prompt", "answer", "a", "b", "op"}``, in a fixed order."""
+@functools.cache
+def fact_pool(family: str) -> tuple[dict, ...]:
+    """Every prompt of a family, ``{"prompt", "answer", "a", "b", "op"}``, in a fixed order (built once; the
+    dicts are shared, so callers read them and never write)."""
     op, word, operands = FAMILIES[family]
     value = {"+": lambda a, b: a + b, "*": lambda a, b: a * b}[op]
-    return [{"prompt": t.format(a=a, b=b, op=op, word=word), "answer": value(a, b), "a": a, "b": b, "op": op}
-            for t in TEMPLATES for a in operands for b in operands]
+    return tuple({"prompt": t.format(a=a, b=b, op=op, word=word), "answer": value(a, b), "a": a, "b": b, "op": op}
+                 for t in TEMPLATES for a in operands for b in operands)
 
 
 def styled(fact: dict, answer: int, style: str) -> str:
