@@ -70,6 +70,21 @@ def test_format_warmup_teaches_the_models_own_numbers_and_is_cached(tmp_path, mo
     assert not torch.equal(base.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])
 
 
+def test_format_warmup_bytes_do_not_depend_on_the_callers_threads(tmp_path, monkeypatch):
+    states = []
+    for threads, cache in ((2, "a"), (1, "b")):
+        monkeypatch.setenv("FEDALIGN_CACHE", str(tmp_path / cache))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            states.append(warmed_model("random-tiny", ("mul",), steps=3)[0].state_dict())
+        finally:
+            torch.set_num_threads(previous)
+        assert torch.get_num_threads() == previous
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+
+
 def test_task_and_accuracy_aware_weights_by_hand(monkeypatch):
     cfg = CFG.replace(method="fedmoa")
     clients = F.make_clients(cfg)                       # 2 add, 2 mul

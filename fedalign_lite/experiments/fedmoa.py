@@ -33,7 +33,7 @@ def run_experiment(cfg: MOAConfig, seeds: list[int], workers: int = 2, progress:
 
 
 def client_series(record: dict, key: str) -> np.ndarray:
-    """(rounds, clients) of a client metric (e.g. ``w_primary``, ``sat_format``)."""
+    """(rounds, clients) of a client metric (e.g. ``w_primary``, ``reward_format``, ``all_equal_primary``)."""
     return client_metric(record["client_log"], key)
 
 

@@ -53,6 +53,12 @@ def format_warmup(model, tok, families: tuple[str, ...], *, steps: int, lr: floa
     return {"pairs": len(own), "own_answers": sum(a is not None for a in answers), "losses": losses}
 
 
+def _file_digest(path) -> str:
+    """SHA-256 of a file's bytes (the base's weights: a retrained base must not reuse an old warm-up)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def warmed_model(name: str, families: tuple[str, ...], *, steps: int, seed: int = 0):
     """``(model, tokenizer, info)``: model ``name`` after :func:`format_warmup`, from the disk cache when this
     exact warm-up was run before (``info`` is then read back). ``steps=0`` returns the model unchanged."""
@@ -60,14 +66,19 @@ def warmed_model(name: str, families: tuple[str, ...], *, steps: int, seed: int 
     if steps == 0:
         return model, tok, {"pairs": 0, "own_answers": 0, "losses": []}
     key = json.dumps({"model": name, "families": list(families), "steps": steps, "seed": seed, "shares": SHARES,
-                      "base": (WEIGHTS_DIR / "model.safetensors").stat().st_mtime_ns if name == "fedalign-base"
-                      else None}, sort_keys=True)
+                      "base": _file_digest(WEIGHTS_DIR / "model.safetensors") if name == "fedalign-base" else None},
+                     sort_keys=True)
     out = cache_dir() / "format-warmup" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (out / "model.safetensors").exists():
         model = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
         return model, tok, json.loads((out / "info.json").read_text())
     torch.manual_seed(seed)
-    info = format_warmup(model, tok, families, steps=steps, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # float sums depend on the thread count: one thread, so whoever builds the
+    try:                          # cache (a notebook with 2 threads, a worker with 1) writes the same bytes
+        info = format_warmup(model, tok, families, steps=steps, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
     tmp = out.with_name(f"{out.name}.tmp{random.getrandbits(32)}")
     model.save_pretrained(tmp)
     (tmp / "info.json").write_text(json.dumps(info))
