@@ -202,6 +202,11 @@ def test_weight_slope_by_hand():
     log = [{"status": "ok", "round": r + 1, "client": c, "client_w_primary": w[r, c]} for r in range(5) for c in range(3)]
     assert X.weight_slope_on({"client_log": log}, compliance) == pytest.approx(0.1)
     assert X.weight_slope_on({"client_log": log}, np.full((5, 3), 0.5)) == 0.0     # no spread in x: no slope
+    # a trend every client shares (compliance and the change of w both fall with the round) is not a slope
+    shared = np.repeat(np.linspace(1, 0, 5)[:, None], 3, 1)
+    w = np.cumsum(np.vstack([np.full((1, 3), 0.25), 0.1 * shared[1:]]), 0)
+    log = [{"status": "ok", "round": r + 1, "client": c, "client_w_primary": w[r, c]} for r in range(5) for c in range(3)]
+    assert X.weight_slope_on({"client_log": log}, shared + 0.01 * rng.random((5, 3))) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_claims_document_from_smoke_runs(runs):

@@ -54,13 +54,18 @@ def final_accuracy(record: dict, key: str) -> float:
 
 def weight_slope_on(record: dict, compliance: np.ndarray) -> float:
     """OLS slope of each client's per-round change of w_primary on ``compliance`` (rounds, clients) in the
-    round of the change, pooled over clients and rounds 2..R [choice: a regression instead of a split at 0.9
-    compliance, so every seed gives a number even when few clients cross 0.9 before the last round]."""
+    round of the change, within rounds: each round's mean over clients is removed from both, so a trend that
+    every client shares over time (w_primary moves fastest early, whatever the compliance) does not count.
+    Pooled over clients and rounds 2..R [choice: a regression instead of a split at 0.9 compliance, so every
+    seed gives a number even when few clients cross 0.9 before the last round]; 0 when nothing varies."""
     w = client_series(record, "w_primary")
-    dw, x = np.diff(w, axis=0).ravel(), compliance[1:].ravel()
-    keep = np.isfinite(dw) & np.isfinite(x)
+    dw, x = np.diff(w, axis=0), compliance[1:].astype(float)
+    missing = ~(np.isfinite(dw) & np.isfinite(x))
+    dw, x = np.where(missing, np.nan, dw), np.where(missing, np.nan, x)
+    dw, x = dw - np.nanmean(dw, 1, keepdims=True), x - np.nanmean(x, 1, keepdims=True)
+    keep = ~missing
     dw, x = dw[keep], x[keep]
-    return float(np.polyfit(x, dw, 1)[0]) if np.ptp(x) > 0 else 0.0
+    return float(np.polyfit(x, dw, 1)[0]) if np.ptp(x) > 1e-12 else 0.0
 
 
 def metrics_table(results: dict, cfg: MOAConfig) -> dict:
