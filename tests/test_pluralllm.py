@@ -252,6 +252,47 @@ def test_quirk_flags_change_what_they_say():
     assert fixed.history[-1]["client_loss"] != run.history[-1]["client_loss"]
 
 
+def test_server_adam_clients_take_plain_sgd_steps_and_the_server_adams_their_average():
+    """server_optimizer="adam" [fix]: each client's upload is one SGD step by hand; the new global state is
+    FedAdam's first step on the average, theta + lr m / (sqrt(v) + tau) with m = 0.1 Delta, v = 0.001 Delta^2."""
+    cfg = P.get_preset("smoke", rounds=1, local_steps=1, server_optimizer="adam", client_sgd_lr=0.5,
+                       fedavg_weights="questions")
+    data = _gss_data(cfg)
+    fed = P.federation(cfg, data)
+    init = {k: v.clone() for k, v in fed.global_state.items()}
+    model = P.build_model(cfg, data.x[0].shape[1])
+    uploads = []
+
+    def spy(ctx):
+        model.load_state_dict(ctx.global_state)
+        batch = P.training_batch(data, [data.train_groups[ctx.client_id]], cfg, random.Random(ctx.seed))
+        model.zero_grad()
+        gpo_loss(*model(batch), batch, cfg.loss_norm).backward()
+        by_hand = {n: p.detach() - 0.5 * p.grad for n, p in model.named_parameters()}
+        upd = client_update(ctx)
+        for n, expected in by_hand.items():
+            assert torch.allclose(upd.upload[n], expected, atol=1e-6), n
+        uploads.append(upd.upload)
+        return upd
+
+    client_update, fed.client_update = fed.client_update, spy
+    run = fed.run(progress=False)
+    assert len(uploads) == 8 and run.personal_states[0]["adam"] == {}
+    for key in ("head.2.weight", "embedder.0.weight"):
+        # the mean of the uploads, held in float32 as the weights are
+        delta = (torch.stack([u[key].double() for u in uploads]).mean(0).float() - init[key]).double()
+        step = cfg.lr * 0.1 * delta / ((0.001 * delta**2).sqrt() + P.SERVER_ADAM["tau"])
+        moved = run.global_state[key].double() - init[key].double()
+        # where Delta is near float32 rounding of the weights (~1e-9), Adam's normalisation amplifies the rounding
+        clear = (delta.abs() > 1e-6) | (delta == 0)
+        assert clear.float().mean() > 0.9
+        assert torch.allclose(moved[clear], step[clear], atol=1e-6)
+        assert moved.abs().max() <= cfg.lr * 0.1 / 0.001**0.5 + 1e-7
+    # FedAvg of the same SGD steps moves by Delta itself, not Adam's normalised step
+    plain = P.run(cfg.replace(server_optimizer="none"), data, progress=False)
+    assert not torch.allclose(plain.global_state["head.2.weight"], run.global_state["head.2.weight"])
+
+
 def _without_time(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
@@ -272,6 +313,8 @@ def test_same_seed_same_numbers_and_centralized_runs():
     ("d_model", 30, "divisible by nhead"),
     ("data_split", 1.5, "data_split must be in"),
     ("cosine_tmax", 0, "cosine_tmax must be"),
+    ("server_optimizer", "sgd", "server_optimizer='sgd' is not allowed"),
+    ("client_sgd_lr", 0.0, "client_sgd_lr must be"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):

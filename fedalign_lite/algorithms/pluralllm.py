@@ -22,6 +22,11 @@ The code's quirks are reproduced by default, each with a flag that fixes it (doc
 3. ``fedavg_weights="sampled"``: FedAvg weights are the random token counts of the first batch
    ("questions": each client's number of training questions).
 
+``server_optimizer="adam"`` [fix, labelled; docs/pluralllm.md §9] moves Adam from the clients to the server:
+clients take plain SGD steps at ``client_sgd_lr`` and the server applies FedAdam (Reddi et al. 2021) at ``lr``
+to the averaged update. With one client holding one group, per-client Adam keeps federated GPO at the mean
+of the groups; with the optimizer at the server it learns to condition.
+
 The centralized baseline (docs/pluralllm.md §5) takes one Adam step per epoch on a batch of all 8 training
 groups; ``steps_per_epoch=local_steps`` is the compute-matched variant (48 group-gradients per
 epoch, as FedAvg's 8 clients x 6 steps per round).
@@ -48,7 +53,7 @@ from fedalign_lite.data.survey import (
     latent_opinions,
 )
 from fedalign_lite.errors import ConfigError, check_choice, check_positive
-from fedalign_lite.federated.aggregators import aggregate_fedavg
+from fedalign_lite.federated.aggregators import aggregate_fedavg, make_server_optimizer
 from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state
 from fedalign_lite.models.embeddings import OPTION_TEXTS, option_embeddings
 from fedalign_lite.models.gpo import CONTEXT_INPUTS, GPO, LOSS_NORMS, gpo_loss, make_batch, sample_context_targets
@@ -59,6 +64,10 @@ from fedalign_lite.seeding import derive_seed, seed_everything
 GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "Germany", "United States",
                   "Canada", "Argentina", "Australia"]
 GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
+SERVER_OPTIMIZERS = ("none", "adam")
+# FedAdam's constants for server_optimizer="adam" [choice]: torch Adam's betas and an epsilon-sized tau, so the
+# server step is Adam's on the averaged client gradient (Reddi et al.'s tau = 1e-3 is for their update scale)
+SERVER_ADAM = dict(momentum=0.9, beta2=0.999, tau=1e-8)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,9 @@ class PluralConfig(ValidatedConfig):
     cosine_tmax: int | None = 100     # quirk 2; None = the run's total local steps
     persistent_optimizer: bool = True   # quirk 1
     fedavg_weights: str = "sampled"   # quirk 3; "questions" = training questions per client
+    server_optimizer: str = "none"    # FedAvg of the clients' Adam models (code); "adam": client SGD + server FedAdam [fix]
+    client_sgd_lr: float = 1.0        # the clients' SGD rate under server_optimizer="adam" (the server's Adam,
+                                      # at ``lr``, undoes its scale when local_steps=1)
     data_split: float = 0.9           # first 90% of the questions (by key) train, as the code
     min_questions: int = 4            # context and target counts ~ U[int(min*split), int(max*split)];
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
@@ -99,12 +111,13 @@ class PluralConfig(ValidatedConfig):
         check_choice("option_text", self.option_text, OPTION_TEXTS)
         check_choice("loss_norm", self.loss_norm, LOSS_NORMS)
         check_choice("context_input", self.context_input, CONTEXT_INPUTS)
+        check_choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
         if self.embedder not in ("minilm",) + MODELS and not self.embedder.startswith("hub:"):
             raise ConfigError(f"embedder={self.embedder!r} is not allowed; choose 'minilm', one of {list(MODELS)} "
                               f"or 'hub:<org>/<name>'")
         self.check_numbers(integers=("d_model", "num_layers", "nhead", "dim_feedforward", "rounds", "local_steps",
                                      "central_epochs", "min_questions", "max_questions", "eval_context",
-                                     "eval_draws"), positives=("lr",))
+                                     "eval_draws"), positives=("lr", "client_sgd_lr"))
         if self.cosine_tmax is not None:
             check_positive("cosine_tmax", self.cosine_tmax, integer=True)
         if self.emb_depth < 2:
@@ -188,7 +201,8 @@ def cosine_lr(base_lr: float, step: int, t_max: int) -> float:
 
 
 def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float, loss_norm: str = "authors") -> float:
-    """One Adam step on the GPO loss at learning rate ``lr``; returns the loss before the step."""
+    """One step of ``opt`` (Adam; SGD under server_optimizer="adam") on the GPO loss at learning rate ``lr``;
+    returns the loss before the step."""
     for group in opt.param_groups:
         group["lr"] = lr
     loss = gpo_loss(*model(batch), batch, loss_norm)
@@ -286,12 +300,14 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
     """PluralLLM's client (docs/pluralllm.md §4): E local GPO steps on one group, FedAvg weight n_g."""
     t_max = cfg.cosine_tmax or cfg.rounds * cfg.local_steps
 
+    sgd = cfg.server_optimizer == "adam"    # [fix] plain local steps; the server holds the only Adam
+
     def client_update(ctx) -> ClientUpdate:
         group = data.train_groups[ctx.client_id]
         model.load_state_dict(ctx.global_state)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=cfg.lr)
         personal = ctx.personal_state
-        if cfg.persistent_optimizer:
+        if cfg.persistent_optimizer and not sgd:
             _load_adam_state(opt, model, personal.get("adam", {}))
         step = int(personal.get("lr_step", 0))          # the client's scheduler counter persists (quirk 2)
         rng = random.Random(ctx.seed)
@@ -300,11 +316,13 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
             batch = training_batch(data, [group], cfg, rng)
             if n_g is None:                              # quirk 3: tokens of the FIRST local batch
                 n_g = batch.yc.shape[1] + batch.yt.shape[1]
-            losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max), cfg.loss_norm))
+            lr = cfg.client_sgd_lr if sgd else cosine_lr(cfg.lr, step, t_max)
+            losses.append(gpo_step(model, opt, batch, lr, cfg.loss_norm))
             step += 1
         if cfg.fedavg_weights == "questions":
             n_g = len(data.train_questions)
-        new_personal = {"lr_step": step, "adam": _adam_state(opt, model) if cfg.persistent_optimizer else {}}
+        keep_adam = cfg.persistent_optimizer and not sgd
+        new_personal = {"lr_step": step, "adam": _adam_state(opt, model) if keep_adam else {}}
         return ClientUpdate(clone_state(model.state_dict()), n_g, {"loss": float(np.mean(losses))}, new_personal)
 
     return client_update
@@ -322,7 +340,9 @@ def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
         model.load_state_dict(state)
         return eval_row(model, data, cfg)
 
-    return Federation(make_client_update(model, data, cfg), aggregate_fedavg, clone_state(model.state_dict()),
+    aggregate = (make_server_optimizer("fedadam", lr=cfg.lr, **SERVER_ADAM) if cfg.server_optimizer == "adam"
+                 else aggregate_fedavg)
+    return Federation(make_client_update(model, data, cfg), aggregate, clone_state(model.state_dict()),
                       num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
                       fingerprint=cfg.fingerprint(), finish=model.load_state_dict,
                       artifacts={"model": model, "data": data})
