@@ -254,7 +254,8 @@ def test_quirk_flags_change_what_they_say():
 
 def test_server_adam_clients_take_plain_sgd_steps_and_the_server_adams_their_average():
     """server_optimizer="adam" [fix]: each client's upload is one SGD step by hand; the new global state is
-    FedAdam's first step on the average, theta + lr m / (sqrt(v) + tau) with m = 0.1 Delta, v = 0.001 Delta^2."""
+    FedAdam's first step on the average, theta + lr m / (sqrt(v) + tau) with m = 0.1 Delta, v = 0.001 Delta^2
+    (Reddi et al.: no bias correction)."""
     cfg = P.get_preset("smoke", rounds=1, local_steps=1, server_optimizer="adam", client_sgd_lr=0.5,
                        fedavg_weights="questions")
     data = _gss_data(cfg)
@@ -268,7 +269,7 @@ def test_server_adam_clients_take_plain_sgd_steps_and_the_server_adams_their_ave
         batch = P.training_batch(data, [data.train_groups[ctx.client_id]], cfg, random.Random(ctx.seed))
         model.zero_grad()
         gpo_loss(*model(batch), batch, cfg.loss_norm).backward()
-        by_hand = {n: p.detach() - 0.5 * p.grad for n, p in model.named_parameters()}
+        by_hand = {n: p.detach() - cfg.client_sgd_lr * p.grad for n, p in model.named_parameters()}
         upd = client_update(ctx)
         for n, expected in by_hand.items():
             assert torch.allclose(upd.upload[n], expected, atol=1e-6), n

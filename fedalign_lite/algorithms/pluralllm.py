@@ -66,7 +66,8 @@ GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "German
 GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
 SERVER_OPTIMIZERS = ("none", "adam")
 # FedAdam's constants for server_optimizer="adam" [choice]: torch Adam's betas and an epsilon-sized tau, so the
-# server step is Adam's on the averaged client gradient (Reddi et al.'s tau = 1e-3 is for their update scale)
+# server step is Adam's (without its bias correction, as Reddi et al.'s FedAdam) on the averaged client update;
+# their tau = 1e-3 is for their update scale
 SERVER_ADAM = dict(momentum=0.9, beta2=0.999, tau=1e-8)
 
 
@@ -93,9 +94,10 @@ class PluralConfig(ValidatedConfig):
     cosine_tmax: int | None = 100     # quirk 2; None = the run's total local steps
     persistent_optimizer: bool = True   # quirk 1
     fedavg_weights: str = "sampled"   # quirk 3; "questions" = training questions per client
-    server_optimizer: str = "none"    # FedAvg of the clients' Adam models (code); "adam": client SGD + server FedAdam [fix]
-    client_sgd_lr: float = 1.0        # the clients' SGD rate under server_optimizer="adam" (the server's Adam,
-                                      # at ``lr``, undoes its scale when local_steps=1)
+    server_optimizer: str = "none"    # FedAvg of the clients' Adam models (code); "adam": client SGD + server FedAdam
+                                      # at a constant ``lr`` [fix]; quirks 1-2 then have no client optimizer to act on
+    client_sgd_lr: float = 1.0        # the clients' SGD rate under server_optimizer="adam" (the server's Adam
+                                      # undoes its scale when local_steps=1)
     data_split: float = 0.9           # first 90% of the questions (by key) train, as the code
     min_questions: int = 4            # context and target counts ~ U[int(min*split), int(max*split)];
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
