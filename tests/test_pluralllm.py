@@ -294,6 +294,32 @@ def test_server_adam_clients_take_plain_sgd_steps_and_the_server_adams_their_ave
     assert not torch.allclose(plain.global_state["head.2.weight"], run.global_state["head.2.weight"])
 
 
+def test_eval_every_evaluates_less_often_and_trains_the_same():
+    cfg = P.get_preset("smoke", rounds=5, central_epochs=5)
+    data = _gss_data(cfg)
+    every, sparse = P.run(cfg, data, progress=False).history, P.run(cfg.replace(eval_every=2), data, progress=False).history
+    assert [h["round"] for h in sparse if "as" in h] == [0, 2, 4, 5]
+    assert [h["as"] for h in sparse if "as" in h] == [every[r]["as"] for r in (0, 2, 4, 5)]
+    central, _ = P.run_centralized(cfg, data, progress=False)
+    central_sparse, _ = P.run_centralized(cfg.replace(eval_every=2), data, progress=False)
+    assert [h["round"] for h in central_sparse if "as" in h] == [0, 2, 4, 5]
+    assert central_sparse[-1]["as"] == central[-1]["as"]
+    assert experiment.summarize(sparse, 48)["to_95"] in (0, 2, 4, 5)
+
+
+def test_conditioning_budget_compares_where_adam_sits_on_the_same_draws():
+    out = experiment.conditioning_budget(P.get_preset("smoke"), [0, 1], steps=4, every=2, workers=1, progress=False)
+    assert out["rounds"] == [0, 2, 4] and out["config"].data == experiment.HEADLINE
+    assert {v: [len(c) for c in cs] for v, cs in out["alignment"].items()} == {v: [3, 3] for v in experiment.BUDGET_VARIANTS}
+    finals = {v: [c[-1] for c in cs] for v, cs in out["alignment"].items()}
+    assert len({cs[0][0] for cs in out["alignment"].values()}) == 1          # one initial model for all three
+    assert out["beats_mean_prior"]["central"]["per_seed"] == pytest.approx(
+        [f - out["priors"]["mean"] for f in finals["central"]])
+    assert out["server_minus_central"]["per_seed"] == pytest.approx(
+        [a - b for a, b in zip(finals["fl_server_adam"], finals["central"])])
+    assert finals["fl_server_adam"] != finals["fl_client_adam"]
+
+
 def _without_time(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 

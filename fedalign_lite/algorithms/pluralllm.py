@@ -103,6 +103,7 @@ class PluralConfig(ValidatedConfig):
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
     eval_context: int = 20            # context questions per held-out group at evaluation
     eval_draws: int = 10              # random context draws averaged per group [choice: the code draws once]
+    eval_every: int = 1               # evaluate after every this many rounds / epochs (and after the last)
     data_seed: int = 0              # the data, its split over clients, the evaluation sets: fixed while
                                     # `seed` varies training and client sampling, so seeds are paired
     seed: int = 0
@@ -119,7 +120,7 @@ class PluralConfig(ValidatedConfig):
                               f"or 'hub:<org>/<name>'")
         self.check_numbers(integers=("d_model", "num_layers", "nhead", "dim_feedforward", "rounds", "local_steps",
                                      "central_epochs", "min_questions", "max_questions", "eval_context",
-                                     "eval_draws"), positives=("lr", "client_sgd_lr"))
+                                     "eval_draws", "eval_every"), positives=("lr", "client_sgd_lr"))
         if self.cosine_tmax is not None:
             check_positive("cosine_tmax", self.cosine_tmax, integer=True)
         if self.emb_depth < 2:
@@ -346,7 +347,7 @@ def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
                  else aggregate_fedavg)
     return Federation(make_client_update(model, data, cfg), aggregate, clone_state(model.state_dict()),
                       num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
-                      fingerprint=cfg.fingerprint(), finish=model.load_state_dict,
+                      evaluate_every=cfg.eval_every, fingerprint=cfg.fingerprint(), finish=model.load_state_dict,
                       artifacts={"model": model, "data": data})
 
 
@@ -362,7 +363,7 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
     """PluralLLM's centralized baseline (docs/pluralllm.md §5): all training groups in one batch per step.
 
     Returns (history, model); history has one row per epoch (epoch 0 = the initial model) with the
-    mean training loss and :func:`eval_row`'s metrics.
+    mean training loss, and :func:`eval_row`'s metrics every ``cfg.eval_every`` epochs and at the last.
     """
     check_positive("steps_per_epoch", steps_per_epoch, integer=True)
     seed_everything(cfg.seed)
@@ -378,5 +379,7 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
             batch = training_batch(data, data.train_groups, cfg, rng)
             losses.append(gpo_step(model, opt, batch, cosine_lr(cfg.lr, step, t_max), cfg.loss_norm))
             step += 1
-        history.append({"round": epoch, "client_loss": float(np.mean(losses)), **eval_row(model, data, cfg)})
+        evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.central_epochs
+        history.append({"round": epoch, "client_loss": float(np.mean(losses)),
+                        **(eval_row(model, data, cfg) if evaluated else {})})
     return history, model

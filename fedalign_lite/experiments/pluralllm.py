@@ -1,15 +1,21 @@
 """The grid notebook 01 measures: PluralLLM (FedAvg of GPO) against the authors' centralized baseline
 and a compute-matched one, on a labelled synthetic control whose groups come from known latent
 opinions (the headline) and on the GSS survey (with GPO's option text and the option-distinguishing
-fix); the untrained baselines every method is compared with; the results table and the claims."""
+fix); the untrained baselines every method is compared with; the results table and the claims. Also the
+longer measurement behind docs/pluralllm.md §9 (``python -m fedalign_lite.experiments.pluralllm``): where
+the optimizer sits decides whether federated GPO learns to condition."""
 from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
 
 import numpy as np
 
 from fedalign_lite.algorithms import pluralllm
 from fedalign_lite.algorithms.pluralllm import GroupData, PluralConfig, build_model, eval_splits, load_data, run_centralized
-from fedalign_lite.experiments.claims import Claim, SignalCheck, evaluate
-from fedalign_lite.experiments.grid import git_commit, run_grid
+from fedalign_lite.experiments.claims import Claim, SignalCheck, evaluate, interval
+from fedalign_lite.experiments.grid import git_commit, run_grid, write_results
 from fedalign_lite.objectives.metrics import area_under_curve, js_distance, mean_std, steps_to_fraction
 from fedalign_lite.seeding import derive_seed
 
@@ -51,18 +57,19 @@ def group_gradients_per_point(method: str, cfg: PluralConfig, num_train_groups: 
 
 
 def summarize(history: list[dict], per_point: int) -> dict:
-    """Scalars of one run's evaluation curve (row 0 = the initial model).
+    """Scalars of one run's evaluation curve (its evaluated rows; row 0 = the initial model).
 
     ``to_95``: first round/epoch whose AS reaches 95% of the run's best; ``compute_to_95``: the same in
     group-gradients (``per_point`` per round/epoch); ``to_95_gain``: first reaching 95% of the run's gain
-    over the initial model; ``auc``: mean AS over the curve; final values are the last row.
+    over the initial model; ``auc``: mean AS over the evaluated points; final values are the last row.
     """
-    curve = [h["as"] for h in history]
-    last = history[-1]
-    to_95 = steps_to_fraction(curve, 0.95)
+    rows = [h for h in history if "as" in h]
+    curve, rounds, last = [h["as"] for h in rows], [h["round"] for h in rows], rows[-1]
+    to_95 = rounds[steps_to_fraction(curve, 0.95)]
     return {"alignment": last["as"], "best_alignment": max(curve), "fairness": last["fi_cv"], "jain": last["jain"],
             "worst_group": last["worst"], "to_95": to_95, "compute_to_95": to_95 * per_point,
-            "to_95_gain": steps_to_fraction(curve, 0.95, relative_to_start=True), "auc": area_under_curve(curve)}
+            "to_95_gain": rounds[steps_to_fraction(curve, 0.95, relative_to_start=True)],
+            "auc": area_under_curve(curve)}
 
 
 def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progress: bool = True) -> dict:
@@ -196,3 +203,53 @@ def claims_document(exp: dict, cfg: PluralConfig, seeds: list[int], wall_s: floa
                    list(zip(CLAIMS, values)))
     doc["priors"] = exp["priors"]
     return doc
+
+
+# ------------------------------------------------------ the optimizer's place, at a longer budget --
+
+CONSTANT_LR_TMAX = 10**9
+"""A cosine period far past any run: the rate stays at ``lr`` (to 1e-11), as for the server's Adam."""
+BUDGET_VARIANTS = {"fl_client_adam": ("fl", {}), "fl_server_adam": ("fl", {"server_optimizer": "adam"}),
+                   "central": ("central", {})}
+"""docs/pluralllm.md §9: FedAvg of client Adam models (the code's), client SGD with Adam at the server [fix],
+and centralized Adam on 8-group batches; each takes one optimizer step per round or epoch."""
+
+
+def conditioning_budget(cfg: PluralConfig, seeds: list[int], steps: int = 3000, every: int = 250,
+                        workers: int = 2, progress: bool = True) -> dict:
+    """Every :data:`BUDGET_VARIANTS` run for ``steps`` rounds or epochs of one step each, on the synthetic
+    control, with a constant rate and equal FedAvg weights (so the three differ only in where Adam sits).
+
+    Returns ``{"config", "priors", "rounds": evaluated rounds, "alignment": {variant: [curve per seed]},
+    "beats_mean_prior": {variant: interval of final AS - mean-of-groups prior}, "server_minus_central":
+    interval of the paired final difference}``. About 3-5 minutes per run at 3,000 steps on one thread.
+    """
+    base = cfg.replace(data=HEADLINE, local_steps=1, rounds=steps, central_epochs=steps, eval_every=every,
+                       cosine_tmax=CONSTANT_LR_TMAX, fedavg_weights="questions")
+    records = run_grid(base, BUDGET_VARIANTS, seeds, run_one=run_method, workers=workers, progress=progress)
+    mean_prior = priors(load_data(base), base)
+    curves = {v: [[h["as"] for h in r["history"] if "as" in h] for r in runs] for v, runs in records.items()}
+    final = {v: [c[-1] for c in cs] for v, cs in curves.items()}
+    return {"config": base, "priors": mean_prior,
+            "rounds": [h["round"] for h in records["central"][0]["history"] if "as" in h],
+            "alignment": curves,
+            "beats_mean_prior": {v: interval([f - mean_prior["mean"] for f in fs]) for v, fs in final.items()},
+            "server_minus_central": interval([a - b for a, b in zip(final["fl_server_adam"], final["central"])])}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="Where the optimizer sits (docs/pluralllm.md section 9): "
+                                                 "federated GPO with client or server Adam, and centralized GPO")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="figures/pluralllm/conditioning_budget.json")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    result = conditioning_budget(pluralllm.get_preset("cpu"), args.seeds, args.steps, workers=args.workers)
+    cfg = result.pop("config")
+    return write_results(Path(args.out), "pluralllm", cfg, args.seeds, time.perf_counter() - start, result)
+
+
+if __name__ == "__main__":
+    main()
