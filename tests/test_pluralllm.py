@@ -320,6 +320,19 @@ def test_conditioning_budget_compares_where_adam_sits_on_the_same_draws():
     assert finals["fl_server_adam"] != finals["fl_client_adam"]
 
 
+def test_rounds_past_prior_reads_the_first_evaluation_above_the_line_and_pairs_by_seed():
+    budget = {"priors": {"mean": 0.5}, "rounds": [0, 10, 20, 30],
+              "alignment": {"fl_client_adam": [[0.4, 0.45, 0.5, 0.49], [0.4, 0.6, 0.4, 0.4]],
+                            "fl_server_adam": [[0.4, 0.45, 0.51, 0.6], [0.4, 0.52, 0.7, 0.7]],
+                            "central": [[0.4, 0.55, 0.6, 0.6], [0.4, 0.45, 0.49, 0.9]]}}
+    out = experiment.rounds_past_prior(budget)
+    assert out["first_round"] == {"fl_client_adam": [None, 10],     # equal to the line is not above it
+                                  "fl_server_adam": [20, 10], "central": [10, 30]}
+    assert out["server_minus_central"]["per_seed"] == [10, -20]
+    budget["alignment"]["central"][1] = [0.4] * 4                      # a seed that never crosses is left out
+    assert experiment.rounds_past_prior(budget)["server_minus_central"]["per_seed"] == [10]
+
+
 def _without_time(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 

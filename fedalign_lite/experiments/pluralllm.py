@@ -237,6 +237,22 @@ def conditioning_budget(cfg: PluralConfig, seeds: list[int], steps: int = 3000, 
             "server_minus_central": interval([a - b for a, b in zip(final["fl_server_adam"], final["central"])])}
 
 
+def rounds_past_prior(budget: dict, prior: str = "mean") -> dict:
+    """When each :data:`BUDGET_VARIANTS` run first scores above the ``prior`` line, from a
+    :func:`conditioning_budget` result (or the ``metrics`` of its JSON file).
+
+    Returns ``{"first_round": {variant: [round per seed, None where it never does]}, "server_minus_central":
+    interval of the paired difference in rounds (seeds where both cross)}``. Rounds are read at the
+    evaluation grid (``every``), so each value is an upper bound within one grid step; both variants take
+    one optimizer step per round or epoch, so rounds are also matched compute.
+    """
+    level = budget["priors"][prior]
+    first = {v: [next((r for r, a in zip(budget["rounds"], curve) if a > level), None) for curve in curves]
+             for v, curves in budget["alignment"].items()}
+    pairs = [(a, b) for a, b in zip(first["fl_server_adam"], first["central"]) if a is not None and b is not None]
+    return {"first_round": first, "server_minus_central": interval([a - b for a, b in pairs]) if pairs else None}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Where the optimizer sits (docs/pluralllm.md section 9): "
                                                  "federated GPO with client or server Adam, and centralized GPO")
