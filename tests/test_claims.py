@@ -120,14 +120,20 @@ def test_report_and_readme_tally_from_claims_files(tmp_path):
             evaluate_claim(Claim("bytes", "one upload of size d", "d vs (M+1) d", "FedCMOO-A bytes - FIRM bytes",
                                  by_construction=True), [2.0, 2.0, 2.0])]
     write_claims(figures / "firm" / "claims.json", claims_file("firm", Cfg(), [0, 1, 2], 600, "abc", signal, rows))
+    longer = claims_file("firm", Cfg(), [0, 1], 900, "abc", signal, rows[1:], setting="cpu, 10x rounds")
+    write_claims(figures / "firm" / "claims_longer.json", longer)
     text = report.render(figures, tmp_path)
-    assert "## FIRM" in text and "**direction only**" in text and "**by construction**" in text
+    assert "## FIRM\n" in text and "**direction only**" in text and "**by construction**" in text
     assert "![fig1](figures/firm/fig1.png)" in text and "Not yet reported through claims files: PluralLLM" in text
     assert "seeds would resolve it (we ran 3)" in text
+    extra = text[text.index("## FIRM, cpu, 10x rounds"):]                 # after the notebook's section
+    assert "preset `cpu, 10x rounds`" in extra and "figures/firm/claims_longer.json" in extra
+    assert "![fig1]" not in extra                                           # the figures go with the notebook's
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{report.TALLY_START}\nold\n{report.TALLY_END}\nrest\n")
     report.update_readme(readme, figures)
-    assert "- FIRM (cpu, 3 seeds): 1 direction only, 1 by construction" in readme.read_text()
+    assert "- FIRM (cpu, 3 seeds): 1 direction only, 1 by construction\n- FIRM (cpu, 10x rounds, 2 seeds): " \
+           "1 by construction" in readme.read_text()
     with pytest.raises(ConfigError, match="must be 'no signal'"):
         failing = [check_signal(SignalCheck("moves", "s"), [0.2, -0.3, 0.25])]
         claims_file("firm", Cfg(), [0, 1, 2], 600, "abc", failing, rows)

@@ -318,6 +318,29 @@ def test_conditioning_budget_compares_where_adam_sits_on_the_same_draws():
     assert out["server_minus_central"]["per_seed"] == pytest.approx(
         [a - b for a, b in zip(finals["fl_server_adam"], finals["central"])])
     assert finals["fl_server_adam"] != finals["fl_client_adam"]
+    assert {v: len(f) for v, f in out["fairness"].items()} == {v: 2 for v in experiment.BUDGET_VARIANTS}
+
+
+def test_longer_claims_pair_server_adam_with_centralized_by_seed():
+    budget = {"priors": {"mean": 0.5, "nearest": 0.6}, "rounds": [0, 10, 20, 30],
+              "alignment": {"fl_client_adam": [[0.4, 0.45, 0.5, 0.49]] * 2,
+                            "fl_server_adam": [[0.4, 0.45, 0.6, 0.62], [0.4, 0.52, 0.7, 0.7]],
+                            "central": [[0.4, 0.55, 0.6, 0.6], [0.4, 0.45, 0.49, 0.6]]},
+              "fairness": {"fl_client_adam": [0.2, 0.2], "fl_server_adam": [0.1, 0.3], "central": [0.15, 0.2]}}
+    doc = experiment.longer_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
+    assert doc["preset"] == experiment.LONGER_SETTING and doc["model"] == "minilm"
+    signal = {s["id"]: s["per_seed"] for s in doc["signal"]}
+    assert signal["fl_learns"] == pytest.approx([0.22, 0.3]) and signal["fl_beats_prior"] == pytest.approx([0.12, 0.2])
+    assert signal["conditioning_matters"] == pytest.approx([0.05, 0.05])     # 0.6 - 0.5 minus the 0.05 headroom
+    claims = {c["id"]: c["per_seed"] for c in doc["claims"]}
+    assert claims["fl_vs_central"] == pytest.approx([0.02, 0.1])
+    # 95% of the best: seed 0, FL's 0.589 and centralized's 0.57 are first met at round 20; seed 1, at 20 and 30
+    assert claims["faster_than_central"] == [0, 10]
+    assert claims["conditions_sooner"] == [-10, 20]     # first above 0.5: FL 20 vs 10 epochs; 10 vs 30
+    assert claims["fairness_equal"] == pytest.approx([0.1 - 0.15 + 0.01, 0.3 - 0.2 + 0.01])
+    # two seeds 0.08 apart: t(1) = 12.7 puts 0 inside fl_learns's interval, so no claim gets a verdict
+    assert [s["holds"] for s in doc["signal"]] == [False, True, False]
+    assert {c["verdict"] for c in doc["claims"]} == {"no signal"}
 
 
 def test_rounds_past_prior_reads_the_first_evaluation_above_the_line_and_pairs_by_seed():

@@ -146,26 +146,28 @@ def seeds_to_resolve(stat: dict, level: float = 0.95) -> int | None:
 
 
 def claims_file(paper: str, cfg, seeds: list[int], wall_s: float, commit: str, signal: list[dict],
-                claims: list[dict]) -> dict:
+                claims: list[dict], setting: str | None = None) -> dict:
     """The ``claims.json`` document (:data:`CLAIMS_KEYS`, plus the ``model``: the config's model, or
-    PluralLLM's embedder). A claim evaluated while a signal check fails must say ``no signal``."""
+    PluralLLM's embedder). Its ``preset`` is ``cfg.preset``, or ``setting`` for a run that is not a preset
+    (a longer budget, say). A claim evaluated while a signal check fails must say ``no signal``."""
     failing = [s["id"] for s in signal if not s["holds"]]
     if failing and any(c["verdict"] != "no signal" and not c.get("by_construction") for c in claims):
         raise ConfigError(f"signal checks {failing} fail, so every claim's verdict must be 'no signal'; "
                           f"evaluate them with signal_ok=False")
-    return {"paper": paper, "preset": cfg.preset, "model": getattr(cfg, "model", getattr(cfg, "embedder", "")),
+    return {"paper": paper, "preset": setting or cfg.preset, "model": getattr(cfg, "model", getattr(cfg, "embedder", "")),
             "seeds": list(seeds), "wall_s": round(float(wall_s), 1), "commit": commit, "signal": signal,
             "claims": claims}
 
 
 def evaluate(paper: str, cfg, seeds: list[int], wall_s: float, commit: str, signal: list[tuple],
-             claims: list[tuple]) -> dict:
+             claims: list[tuple], setting: str | None = None) -> dict:
     """The ``claims.json`` document from ``[(SignalCheck, per-seed values)]`` and ``[(Claim, per-seed
-    values)]``: every claim is ``no signal`` unless every signal check holds."""
+    values)]``: every claim is ``no signal`` unless every signal check holds (``setting``: as
+    :func:`claims_file`)."""
     rows = [check_signal(check, values) for check, values in signal]
     ok = all(r["holds"] for r in rows)
     return claims_file(paper, cfg, seeds, wall_s, commit, rows,
-                       [evaluate_claim(claim, values, signal_ok=ok) for claim, values in claims])
+                       [evaluate_claim(claim, values, signal_ok=ok) for claim, values in claims], setting)
 
 
 def write_claims(path: str | Path, document: dict) -> None:
