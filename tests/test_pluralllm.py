@@ -328,7 +328,7 @@ def test_longer_claims_pair_server_adam_with_centralized_by_seed():
                             "central": [[0.4, 0.55, 0.6, 0.6], [0.4, 0.45, 0.49, 0.6]]},
               "fairness": {"fl_client_adam": [0.2, 0.2], "fl_server_adam": [0.1, 0.3], "central": [0.15, 0.2]}}
     doc = experiment.longer_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
-    assert doc["preset"] == experiment.LONGER_SETTING and doc["model"] == "minilm"
+    assert doc["preset"] == "cpu, 30 one-step rounds, federated GPO with server Adam [fix]" and doc["model"] == "minilm"
     signal = {s["id"]: s["per_seed"] for s in doc["signal"]}
     assert signal["fl_learns"] == pytest.approx([0.22, 0.3]) and signal["fl_beats_prior"] == pytest.approx([0.12, 0.2])
     assert signal["conditioning_matters"] == pytest.approx([0.05, 0.05])     # 0.6 - 0.5 minus the 0.05 headroom
@@ -341,6 +341,9 @@ def test_longer_claims_pair_server_adam_with_centralized_by_seed():
     # two seeds 0.08 apart: t(1) = 12.7 puts 0 inside fl_learns's interval, so no claim gets a verdict
     assert [s["holds"] for s in doc["signal"]] == [False, True, False]
     assert {c["verdict"] for c in doc["claims"]} == {"no signal"}
+    budget["alignment"]["central"] = [[0.4] * 4] * 2                    # never above the line: nothing to pair
+    doc = experiment.longer_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
+    assert [c["id"] for c in doc["claims"]] == ["fl_vs_central", "faster_than_central", "fairness_equal"]
 
 
 def test_rounds_past_prior_reads_the_first_evaluation_above_the_line_and_pairs_by_seed():
