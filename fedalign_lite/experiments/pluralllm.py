@@ -184,6 +184,14 @@ CLAIMS = [Claim("fl_vs_central", "FL aligns better than centralized (the authors
                 f"FI(FL) - FI(centralized) + {FAIRNESS_MARGIN}")]
 
 
+def signal_values(fl_curves: list[list[float]], prior: dict) -> list[tuple]:
+    """:data:`SIGNAL` with its per-seed values, from federated GPO's evaluated AS curves (one per seed,
+    entry 0 = the initial model) and the headline data's priors (:func:`priors`)."""
+    return [(SIGNAL[0], [c[-1] - c[0] for c in fl_curves]),
+            (SIGNAL[1], [prior["nearest"] - prior["mean"] - CONDITIONING_HEADROOM] * len(fl_curves)),
+            (SIGNAL[2], [c[-1] - prior["mean"] for c in fl_curves])]
+
+
 def claims_document(exp: dict, cfg: PluralConfig, seeds: list[int], wall_s: float) -> dict:
     """The notebook's ``claims.json`` (:mod:`~fedalign_lite.experiments.claims`) from
     :func:`run_experiment`'s output, on the headline data; per-seed values are paired (same evaluation
@@ -193,9 +201,7 @@ def claims_document(exp: dict, cfg: PluralConfig, seeds: list[int], wall_s: floa
     def fl_minus(other, key, sign=1.0, shift=0.0):
         return [sign * (a[key] - b[key]) + shift for a, b in zip(summary["fl"], summary[other])]
 
-    signal = [(SIGNAL[0], [h[-1]["as"] - h[0]["as"] for h in histories["fl"]]),
-              (SIGNAL[1], [prior["nearest"] - prior["mean"] - CONDITIONING_HEADROOM] * len(seeds)),
-              (SIGNAL[2], [s["alignment"] - prior["mean"] for s in summary["fl"]])]
+    signal = signal_values([[h["as"] for h in history if "as" in h] for history in histories["fl"]], prior)
     values = [fl_minus("central", "alignment"), fl_minus("matched", "alignment"),
               fl_minus("central", "to_95", -1.0), fl_minus("matched", "to_95", -1.0),
               fl_minus("central", "compute_to_95", -1.0),
@@ -284,9 +290,7 @@ def longer_claims_document(budget: dict, cfg: PluralConfig, seeds: list[int], wa
     def to_95(curve):
         return rounds[steps_to_fraction(curve, 0.95)]
 
-    signal = [(SIGNAL[0], [c[-1] - c[0] for c in fl]),
-              (SIGNAL[1], [prior["nearest"] - prior["mean"] - CONDITIONING_HEADROOM] * len(seeds)),
-              (SIGNAL[2], [c[-1] - prior["mean"] for c in fl])]
+    signal = signal_values(fl, prior)
     fairness, crossing = budget["fairness"], rounds_past_prior(budget)["server_minus_central"]
     values = [[a[-1] - b[-1] for a, b in zip(fl, central)],
               [to_95(b) - to_95(a) for a, b in zip(fl, central)],
