@@ -38,6 +38,32 @@ def test_fedadam_hand_computed():
     assert st["v/w"].item() == pytest.approx(v)
 
 
+def test_fedadam_with_bias_correction_is_torch_adam_on_the_clients_mean_gradient():
+    """Clients that upload theta - g_i (one SGD step at rate 1) make bias-corrected FedAdam torch's Adam,
+    stepped on the mean of the g_i, with eps = tau."""
+    torch.manual_seed(0)
+    agg = make_aggregator("fedadam", lr=0.01, momentum=0.9, beta2=0.999, tau=1e-8, bias_correction=True)
+    theta = torch.randn(5)
+    reference = theta.clone().requires_grad_(True)
+    adam = torch.optim.Adam([reference], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    state, server = {"w": theta}, {}
+    for _ in range(3):
+        grads = [torch.randn(5) for _ in range(4)]
+        state, server = agg(state, [_u((state["w"] - g).tolist(), 1) for g in grads], server)
+        reference.grad = torch.stack(grads).mean(0)
+        adam.step()
+        assert torch.allclose(state["w"], reference.detach(), atol=1e-6)
+    assert server["step"].item() == 3
+    # a first step: corrected, lr * sign(-g); Reddi et al.'s, (1 - b1) / sqrt(1 - b2) = 3.16 times that
+    first = [_u((theta - g).tolist(), 1) for g in grads]
+    corrected, _ = agg({"w": theta}, first, {})
+    plain, _ = make_aggregator("fedadam", lr=0.01, momentum=0.9, beta2=0.999, tau=1e-8)({"w": theta}, first, {})
+    assert torch.allclose(corrected["w"] - theta, -0.01 * torch.stack(grads).mean(0).sign(), atol=1e-6)
+    assert torch.allclose(plain["w"] - theta, 0.1 / 0.001**0.5 * (corrected["w"] - theta), atol=1e-6)
+    with pytest.raises(ConfigError, match="bias_correction applies to aggregator='fedadam' only"):
+        make_aggregator("fedavgm", bias_correction=True)
+
+
 def test_fedavgm_with_lr1_momentum0_is_fedavg():
     ups = [_u([1.0, 2.0], 3), _u([5.0, -2.0], 1)]
     a, _ = make_aggregator("fedavgm", lr=1.0, momentum=0.0)({"w": torch.zeros(2)}, ups, {})

@@ -321,14 +321,15 @@ def test_conditioning_budget_compares_where_adam_sits_on_the_same_draws():
     assert {v: len(f) for v, f in out["fairness"].items()} == {v: 2 for v in experiment.BUDGET_VARIANTS}
 
 
-def test_longer_claims_pair_server_adam_with_centralized_by_seed():
+def test_fixed_claims_pair_server_adam_with_centralized_by_seed():
     budget = {"priors": {"mean": 0.5, "nearest": 0.6}, "rounds": [0, 10, 20, 30],
               "alignment": {"fl_client_adam": [[0.4, 0.45, 0.5, 0.49]] * 2,
                             "fl_server_adam": [[0.4, 0.45, 0.6, 0.62], [0.4, 0.52, 0.7, 0.7]],
                             "central": [[0.4, 0.55, 0.6, 0.6], [0.4, 0.45, 0.49, 0.6]]},
               "fairness": {"fl_client_adam": [0.2, 0.2], "fl_server_adam": [0.1, 0.3], "central": [0.15, 0.2]}}
-    doc = experiment.longer_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
-    assert doc["preset"] == "cpu, 30 one-step rounds, federated GPO with server Adam [fix]" and doc["model"] == "minilm"
+    doc = experiment.fixed_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
+    assert doc["preset"] == ("cpu, 30 one-step rounds: server Adam with bias correction, option text and relative "
+                             "input [fixes]") and doc["model"] == "minilm"
     signal = {s["id"]: s["per_seed"] for s in doc["signal"]}
     assert signal["fl_learns"] == pytest.approx([0.22, 0.3]) and signal["fl_beats_prior"] == pytest.approx([0.12, 0.2])
     assert signal["conditioning_matters"] == pytest.approx([0.05, 0.05])     # 0.6 - 0.5 minus the 0.05 headroom
@@ -342,8 +343,27 @@ def test_longer_claims_pair_server_adam_with_centralized_by_seed():
     assert [s["holds"] for s in doc["signal"]] == [False, True, False]
     assert {c["verdict"] for c in doc["claims"]} == {"no signal"}
     budget["alignment"]["central"] = [[0.4] * 4] * 2                    # never above the line: nothing to pair
-    doc = experiment.longer_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
+    doc = experiment.fixed_claims_document(budget, P.get_preset("smoke"), [0, 1], 12.0, "abc")
     assert [c["id"] for c in doc["claims"]] == ["fl_vs_central", "faster_than_central", "fairness_equal"]
+
+
+def test_fixed_runs_have_the_presets_length_and_read_as_a_budget():
+    """The fixed variants run FIXED_STEPS[preset] one-step rounds or epochs with every fix on; the claims read
+    their curves under conditioning_budget's names, with the headline data's priors."""
+    cfg = P.get_preset("smoke")
+    fixed = experiment.data_config(cfg, "fixed_fl")
+    assert (fixed.rounds, fixed.central_epochs, fixed.local_steps) == (4, 4, 1)
+    assert (fixed.server_optimizer, fixed.server_bias_correction, fixed.option_text, fixed.context_input) == (
+        "adam", True, "option", "relative")
+    assert experiment.data_config(cfg, "fl").rounds == cfg.rounds                 # the paper's runs keep theirs
+    assert experiment.group_gradients_per_point("fl", fixed, 8) == 8
+    history = [{"round": r, **({"as": 0.5 + r / 100, "fi_cv": 0.9} if r % 2 == 0 else {})} for r in range(5)]
+    exp = {"priors": {experiment.HEADLINE: {"mean": 0.51}},
+           "records": {"fixed_fl": [{"history": history}], "fixed_central": [{"history": history[:3]}]}}
+    budget = experiment.fixed_budget(exp)
+    assert budget["rounds"] == [0, 2, 4] and budget["priors"] == {"mean": 0.51}
+    assert budget["alignment"] == {"fl_server_adam": [[0.5, 0.52, 0.54]], "central": [[0.5, 0.52]]}
+    assert budget["fairness"] == {"fl_server_adam": [0.9], "central": [0.9]}
 
 
 def test_rounds_past_prior_reads_the_first_evaluation_above_the_line_and_pairs_by_seed():
@@ -381,6 +401,7 @@ def test_same_seed_same_numbers_and_centralized_runs():
     ("cosine_tmax", 0, "cosine_tmax must be"),
     ("server_optimizer", "sgd", "server_optimizer='sgd' is not allowed"),
     ("client_sgd_lr", 0.0, "client_sgd_lr must be"),
+    ("server_bias_correction", True, "server_bias_correction=True needs server_optimizer='adam'"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):

@@ -24,8 +24,9 @@ The code's quirks are reproduced by default, each with a flag that fixes it (doc
 
 ``server_optimizer="adam"`` [fix, labelled; docs/pluralllm.md §9] moves Adam from the clients to the server:
 clients take plain SGD steps at ``client_sgd_lr`` and the server applies FedAdam (Reddi et al. 2021) at ``lr``
-to the averaged update. With one client holding one group, per-client Adam keeps federated GPO at the mean
-of the groups; with the optimizer at the server it learns to condition.
+to the averaged update (``server_bias_correction=True`` adds Adam's bias correction). With one client holding
+one group, per-client Adam keeps federated GPO at the mean of the groups; with the optimizer at the server it
+learns to condition.
 
 The centralized baseline (docs/pluralllm.md §5) takes one Adam step per epoch on a batch of all 8 training
 groups; ``steps_per_epoch=local_steps`` is the compute-matched variant (48 group-gradients per
@@ -66,8 +67,8 @@ GLOBALQA_TRAIN = ["Nigeria", "Egypt", "India (Current national sample)", "German
 GLOBALQA_EVAL = ["China", "Japan", "France", "Spain", "Brazil", "New Zealand"]
 SERVER_OPTIMIZERS = ("none", "adam")
 # FedAdam's constants for server_optimizer="adam" [choice]: torch Adam's betas and an epsilon-sized tau, so the
-# server step is Adam's (without its bias correction, as Reddi et al.'s FedAdam) on the averaged client update;
-# their tau = 1e-3 is for their update scale
+# server step is Adam's (without its bias correction, as Reddi et al.'s FedAdam, unless server_bias_correction) on
+# the averaged client update; their tau = 1e-3 is for their update scale
 SERVER_ADAM = dict(momentum=0.9, beta2=0.999, tau=1e-8)
 
 
@@ -98,6 +99,8 @@ class PluralConfig(ValidatedConfig):
                                       # at a constant ``lr`` [fix]; quirks 1-2 then have no client optimizer to act on
     client_sgd_lr: float = 1.0        # the clients' SGD rate under server_optimizer="adam" (the server's Adam
                                       # undoes its scale when local_steps=1)
+    server_bias_correction: bool = False   # server_optimizer="adam" with Adam's bias correction [fix]: with one
+                                           # local step it is then exactly centralized Adam; False = Reddi et al.
     data_split: float = 0.9           # first 90% of the questions (by key) train, as the code
     min_questions: int = 4            # context and target counts ~ U[int(min*split), int(max*split)];
     max_questions: int = 12           # the paper's 10 / 100 are for ~2,500 questions, ours has 25
@@ -123,6 +126,9 @@ class PluralConfig(ValidatedConfig):
                                      "eval_draws", "eval_every"), positives=("lr", "client_sgd_lr"))
         if self.cosine_tmax is not None:
             check_positive("cosine_tmax", self.cosine_tmax, integer=True)
+        if self.server_bias_correction and self.server_optimizer != "adam":
+            raise ConfigError(f"server_bias_correction=True needs server_optimizer='adam', got "
+                              f"server_optimizer={self.server_optimizer!r}")
         if self.emb_depth < 2:
             raise ConfigError(f"emb_depth must be >= 2 (input and output layer), got {self.emb_depth}")
         if self.d_model % self.nhead:
@@ -343,8 +349,8 @@ def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
         model.load_state_dict(state)
         return eval_row(model, data, cfg)
 
-    aggregate = (make_server_optimizer("fedadam", lr=cfg.lr, **SERVER_ADAM) if cfg.server_optimizer == "adam"
-                 else aggregate_fedavg)
+    aggregate = (make_server_optimizer("fedadam", lr=cfg.lr, bias_correction=cfg.server_bias_correction, **SERVER_ADAM)
+                 if cfg.server_optimizer == "adam" else aggregate_fedavg)
     return Federation(make_client_update(model, data, cfg), aggregate, clone_state(model.state_dict()),
                       num_clients=len(data.train_groups), rounds=cfg.rounds, seed=cfg.seed, evaluate=evaluate,
                       evaluate_every=cfg.eval_every, fingerprint=cfg.fingerprint(), finish=model.load_state_dict,

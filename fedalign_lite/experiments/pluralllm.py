@@ -1,10 +1,11 @@
 """The grid notebook 01 measures: PluralLLM (FedAvg of GPO) against the authors' centralized baseline
 and a compute-matched one, on a labelled synthetic control whose groups come from known latent
 opinions (the headline) and on the GSS survey (with GPO's option text and the option-distinguishing
-fix); the untrained baselines every method is compared with; the results table and the claims. Also the
-longer measurement behind docs/pluralllm.md §9 (``python -m fedalign_lite.experiments.pluralllm``): where
-the optimizer sits decides whether federated GPO learns to condition, and the paper's claims asked of the
-variant that does (its own claims file, ``claims_longer.json``)."""
+fix); the paper's claims asked again of the fixed setting where federated GPO conditions (its own claims
+file, ``claims_fixed.json``); the untrained baselines every method is compared with; the results table and
+the claims. Also the longer measurement behind docs/pluralllm.md §9 (``python -m
+fedalign_lite.experiments.pluralllm``): where the optimizer sits decides whether federated GPO learns to
+condition."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ import numpy as np
 
 from fedalign_lite.algorithms import pluralllm
 from fedalign_lite.algorithms.pluralllm import GroupData, PluralConfig, build_model, eval_splits, load_data, run_centralized
-from fedalign_lite.experiments.claims import Claim, SignalCheck, evaluate, interval, write_claims
+from fedalign_lite.experiments.claims import Claim, SignalCheck, evaluate, interval
 from fedalign_lite.experiments.grid import git_commit, run_grid, write_results
 from fedalign_lite.objectives.metrics import area_under_curve, js_distance, mean_std, steps_to_fraction
 from fedalign_lite.seeding import derive_seed
@@ -25,16 +26,43 @@ METHODS = {"fl": "federated (FedAvg)", "central": "centralized (1 step / epoch)"
 AXIS = {"fl": "rounds", "central": "epochs", "matched": "epochs"}
 HEADLINE = "synthetic"
 """The headline claims use the synthetic control: on the GSS groups, conditioning is worth too little to test them."""
+CONSTANT_LR_TMAX = 10**9
+"""A cosine period far past any run: the rate stays at ``lr`` (to 1e-11), as for the server's Adam."""
+FIXED = {"data": HEADLINE, "option_text": "option", "context_input": "relative", "server_optimizer": "adam",
+         "server_bias_correction": True, "local_steps": 1, "lr": 1e-3, "cosine_tmax": CONSTANT_LR_TMAX,
+         "fedavg_weights": "questions"}
+"""[fixes, calibrated in notebook 01 section 11] The setting where federated GPO learns to condition within the
+notebook's budget: Adam at the server with its bias correction, the option-distinguishing text and the relative
+context input, one local step, a constant 1e-3 (the best of 3e-4 / 1e-3 / 2e-3 for centralized GPO)."""
+FIXED_STEPS = {"smoke": 4, "cpu": 1500, "gpu": 1500}
+"""Rounds (federated) or epochs (centralized) of one step each in the fixed setting, per preset."""
+FIXED_EVALS = 15
+"""Evaluations over a fixed run (every ``steps / FIXED_EVALS``), besides the initial model."""
 VARIANTS = {**{m: (m, {"data": HEADLINE}) for m in METHODS},
-            "gss_fl": ("fl", {"data": "gss"}), "gss_fl_option": ("fl", {"data": "gss", "option_text": "option"})}
+            "gss_fl": ("fl", {"data": "gss"}), "gss_fl_option": ("fl", {"data": "gss", "option_text": "option"}),
+            "quirks_fixed": ("fl", {"data": HEADLINE, "persistent_optimizer": False, "cosine_tmax": None,
+                                    "fedavg_weights": "questions"}),
+            "fixed_fl": ("fl", FIXED), "fixed_central": ("central", FIXED)}
 """Every run the notebook needs: ``name -> (method, overrides)``; the ``gss_`` runs show the real survey and
-the option-text fix."""
+the option-text fix; ``quirks_fixed`` is the headline federated run with the code's three quirks fixed (first
+seed only: :data:`SEED_COUNTS`); the ``fixed_`` runs (their length from :func:`variants`) are the paper's claims
+asked of the setting where federated GPO conditions."""
+SEED_COUNTS = {"quirks_fixed": 1}
+"""Variants run on only their first n seeds."""
 PRIORS = ("uniform", "mean", "nearest", "ceiling")
 
 
+def variants(cfg: PluralConfig) -> dict:
+    """:data:`VARIANTS` with the fixed runs' length for ``cfg.preset`` (:data:`FIXED_STEPS`)."""
+    steps = FIXED_STEPS[cfg.preset]
+    length = {"rounds": steps, "central_epochs": steps, "eval_every": max(steps // FIXED_EVALS, 1)}
+    return {name: (method, {**over, **length} if name.startswith("fixed_") else over)
+            for name, (method, over) in VARIANTS.items()}
+
+
 def data_config(cfg: PluralConfig, variant: str) -> PluralConfig:
-    """``cfg`` with ``variant``'s data and option text (what :func:`load_data` reads)."""
-    return cfg.replace(**VARIANTS[variant][1])
+    """``cfg`` with ``variant``'s overrides (its data and option text are what :func:`load_data` reads)."""
+    return cfg.replace(**variants(cfg)[variant][1])
 
 
 def run_method(method: str, cfg: PluralConfig) -> dict:
@@ -81,16 +109,17 @@ def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progre
     [summarize(history) per seed]}}``.
     """
     data = {v: load_data(data_config(cfg, v)) for v in VARIANTS}   # embeddings cached before any worker reads them
-    records = run_grid(cfg, VARIANTS, seeds, run_one=run_method, workers=workers, progress=progress)
+    records = run_grid(cfg, variants(cfg), seeds, run_one=run_method, workers=workers, progress=progress,
+                       seed_counts=SEED_COUNTS)
     out = {"data": data, "priors": {name: priors(data[v], data_config(cfg, v))
                                     for name, v in ((HEADLINE, "fl"), ("gss", "gss_fl"))},
            "records": records, "histories": {}, "models": {}, "summary": {}}
     for variant, runs in records.items():
         method = VARIANTS[variant][0]
-        per_point = group_gradients_per_point(method, cfg, len(data[variant].train_groups))
+        per_point = group_gradients_per_point(method, data_config(cfg, variant), len(data[variant].train_groups))
         out["histories"][variant] = [r["history"] for r in runs]
         out["summary"][variant] = [summarize(r["history"], per_point) for r in runs]
-        model = build_model(cfg, data[variant].x[0].shape[1])
+        model = build_model(data_config(cfg, variant), data[variant].x[0].shape[1])
         model.load_state_dict(runs[0]["state"])
         out["models"][variant] = model
     return out
@@ -214,8 +243,6 @@ def claims_document(exp: dict, cfg: PluralConfig, seeds: list[int], wall_s: floa
 
 # ------------------------------------------------------ the optimizer's place, at a longer budget --
 
-CONSTANT_LR_TMAX = 10**9
-"""A cosine period far past any run: the rate stays at ``lr`` (to 1e-11), as for the server's Adam."""
 BUDGET_VARIANTS = {"fl_client_adam": ("fl", {}), "fl_server_adam": ("fl", {"server_optimizer": "adam"}),
                    "central": ("central", {})}
 """docs/pluralllm.md §9: FedAvg of client Adam models (the code's), client SGD with Adam at the server [fix],
@@ -236,13 +263,28 @@ def conditioning_budget(cfg: PluralConfig, seeds: list[int], steps: int = 3000, 
                        cosine_tmax=CONSTANT_LR_TMAX, fedavg_weights="questions")
     records = run_grid(base, BUDGET_VARIANTS, seeds, run_one=run_method, workers=workers, progress=progress)
     mean_prior = priors(load_data(base), base)
-    curves = {v: [[h["as"] for h in r["history"] if "as" in h] for r in runs] for v, runs in records.items()}
-    final = {v: [c[-1] for c in cs] for v, cs in curves.items()}
-    return {"config": base, "priors": mean_prior,
-            "rounds": [h["round"] for h in records["central"][0]["history"] if "as" in h],
-            "alignment": curves, "fairness": {v: [r["history"][-1]["fi_cv"] for r in runs] for v, runs in records.items()},
-            "beats_mean_prior": {v: interval([f - mean_prior["mean"] for f in fs]) for v, fs in final.items()},
+    out = {"config": base, "priors": mean_prior, **curves(records, {v: v for v in BUDGET_VARIANTS})}
+    final = {v: [c[-1] for c in cs] for v, cs in out["alignment"].items()}
+    return {**out, "beats_mean_prior": {v: interval([f - mean_prior["mean"] for f in fs]) for v, fs in final.items()},
             "server_minus_central": interval([a - b for a, b in zip(final["fl_server_adam"], final["central"])])}
+
+
+def curves(records: dict, names: dict) -> dict:
+    """Evaluated curves of one-step-per-round runs: ``{"rounds": evaluated rounds, "alignment": {name: [AS
+    curve per seed]}, "fairness": {name: [final FI per seed]}}`` for ``records[variant]`` under
+    ``names[variant]`` (the variants must share their evaluation rounds)."""
+    first = records[next(iter(names))][0]["history"]
+    return {"rounds": [h["round"] for h in first if "as" in h],
+            "alignment": {key: [[h["as"] for h in r["history"] if "as" in h] for r in records[v]] for v, key in names.items()},
+            "fairness": {key: [r["history"][-1]["fi_cv"] for r in records[v]] for v, key in names.items()}}
+
+
+def fixed_budget(exp: dict) -> dict:
+    """:func:`run_experiment`'s fixed runs in :func:`conditioning_budget`'s form (``fl_server_adam`` and
+    ``central``), with the headline data's priors, for :func:`rounds_past_prior` and
+    :func:`fixed_claims_document`."""
+    return {"priors": exp["priors"][HEADLINE],
+            **curves(exp["records"], {"fixed_fl": "fl_server_adam", "fixed_central": "central"})}
 
 
 def rounds_past_prior(budget: dict, prior: str = "mean") -> dict:
@@ -261,29 +303,28 @@ def rounds_past_prior(budget: dict, prior: str = "mean") -> dict:
     return {"first_round": first, "server_minus_central": interval([a - b for a, b in pairs]) if pairs else None}
 
 
-LONGER_SETTING = "cpu, {rounds:,} one-step rounds, federated GPO with server Adam [fix]"
-"""What the longer run's claims file names as its setting: the cpu preset's model and data at
-:func:`conditioning_budget`'s budget (not a preset of its own; ``python -m fedalign_lite.experiments.pluralllm``)."""
-LONGER_CLAIMS = [
-    Claim("fl_vs_central", "Federated GPO with server Adam [fix] aligns better than centralized GPO", "+4%",
+FIXED_SETTING = ("cpu, {rounds:,} one-step rounds: server Adam with bias correction, option text and relative "
+                 "input [fixes]")
+"""What the fixed runs' claims file names as its setting (not a preset of its own: notebook 01 runs it)."""
+FIXED_CLAIMS = [
+    Claim("fl_vs_central", "Federated GPO with server Adam [fixes] aligns better than centralized GPO", "+4%",
           "AS(FL) - AS(centralized), final, as many steps each (one step per round or epoch: the authors' "
           "baseline and the compute-matched one coincide)"),
-    Claim("faster_than_central", "Federated GPO with server Adam [fix] converges in fewer rounds than "
+    Claim("faster_than_central", "Federated GPO with server Adam [fixes] converges in fewer rounds than "
           "centralized epochs", "46% faster", "epochs - rounds to 95% of the run's best AS (8 group-gradients "
-          "each; read every 250)"),
-    Claim("conditions_sooner", "Federated GPO with server Adam [fix] passes the mean-of-groups line in fewer "
+          "each)"),
+    Claim("conditions_sooner", "Federated GPO with server Adam [fixes] passes the mean-of-groups line in fewer "
           "rounds than centralized epochs", "46% faster", "epochs - rounds to the first evaluation above the "
           "mean-of-groups prior (seeds where both cross)"),
     Claim("fairness_equal", "Fairness about equal to centralized", "nearly the same",
           f"FI(FL) - FI(centralized) + {FAIRNESS_MARGIN}")]
 
 
-def longer_claims_document(budget: dict, cfg: PluralConfig, seeds: list[int], wall_s: float, commit: str) -> dict:
-    """The claims file of the longer run (``figures/pluralllm/claims_longer.json``) from a
-    :func:`conditioning_budget` result or its JSON ``metrics``: the paper's claims asked of the fixed
-    algorithm (client SGD, server Adam), paired by seed against centralized GPO at the same step count.
-    Its signal checks are the notebook's, on the server-Adam runs; the client-Adam runs are not in it
-    (they are the reason for the fix, and plotted beside it in notebook 01 section 11)."""
+def fixed_claims_document(budget: dict, cfg: PluralConfig, seeds: list[int], wall_s: float, commit: str) -> dict:
+    """The fixed setting's claims file (``figures/pluralllm/claims_fixed.json``) from :func:`fixed_budget`
+    (or a :func:`conditioning_budget` result): the paper's claims asked of federated GPO with Adam at the
+    server, paired by seed against centralized GPO at the same step count. Its signal checks are the
+    notebook's, on the server-Adam runs."""
     fl, central = budget["alignment"]["fl_server_adam"], budget["alignment"]["central"]
     prior, rounds = budget["priors"], budget["rounds"]
 
@@ -297,9 +338,9 @@ def longer_claims_document(budget: dict, cfg: PluralConfig, seeds: list[int], wa
               [-d for d in crossing["per_seed"]] if crossing else None,
               [a - b + FAIRNESS_MARGIN for a, b in zip(fairness["fl_server_adam"], fairness["central"])]]
     # conditions_sooner has no value when no seed's runs both cross the line: it is left out, not invented
-    claims = [(claim, v) for claim, v in zip(LONGER_CLAIMS, values) if v is not None]
+    claims = [(claim, v) for claim, v in zip(FIXED_CLAIMS, values) if v is not None]
     return evaluate("pluralllm", cfg, seeds, wall_s, commit, signal, claims,
-                    setting=LONGER_SETTING.format(rounds=rounds[-1]))
+                    setting=FIXED_SETTING.format(rounds=rounds[-1]))
 
 
 def main(argv=None) -> dict:
@@ -308,16 +349,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="figures/pluralllm",
-                        help="folder for conditioning_budget.json and the claims file claims_longer.json")
+    parser.add_argument("--out", default="figures/pluralllm", help="folder for conditioning_budget.json")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     result = conditioning_budget(pluralllm.get_preset("cpu"), args.seeds, args.steps, workers=args.workers)
     cfg, wall_s = result.pop("config"), time.perf_counter() - start
-    written = write_results(Path(args.out) / "conditioning_budget.json", "pluralllm", cfg, args.seeds, wall_s, result)
-    write_claims(Path(args.out) / "claims_longer.json",
-                 longer_claims_document(result, cfg, args.seeds, wall_s, written["commit"]))
-    return written
+    return write_results(Path(args.out) / "conditioning_budget.json", "pluralllm", cfg, args.seeds, wall_s, result)
 
 
 if __name__ == "__main__":
