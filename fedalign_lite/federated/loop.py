@@ -130,8 +130,11 @@ def check_tensors(what: str, tensors: dict) -> None:
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise PayloadError(f"{what} {key!r} must be a tensor, got {type(t).__name__}")
-        if torch.is_floating_point(t) and not torch.isfinite(t).all():
-            raise PayloadError(f"{what} {key!r} contains NaN or inf")
+    floats = {k: t for k, t in tensors.items() if torch.is_floating_point(t)}
+    # one pass over every float for the common case; the per-key search only names the culprit
+    if floats and not torch.isfinite(torch.cat([t.reshape(-1) for t in floats.values()])).all():
+        bad = next(k for k, t in floats.items() if not torch.isfinite(t).all())
+        raise PayloadError(f"{what} {bad!r} contains NaN or inf")
 
 
 def lazy(build: Callable[[], Callable]) -> Callable:
