@@ -480,3 +480,23 @@ def test_option_text_fix_separates_the_options():
     assert all("Options:" in t for t in faithful) and not any("Options:" in t for t in fixed)
     with pytest.raises(ValueError, match="style='bare' is not allowed"):
         option_prompts(record, "bare")
+
+
+def test_server_bias_correction_makes_the_first_round_a_unit_adam_step():
+    """server_bias_correction=True: Adam's corrected moments make the first step lr * sign(Delta) wherever Delta is
+    clear of float32 rounding; without the correction it is (1 - b1) / sqrt(1 - b2) = 3.16 times longer."""
+    cfg = P.get_preset("smoke", rounds=1, local_steps=1, server_optimizer="adam", server_bias_correction=True,
+                       fedavg_weights="questions")
+    data = _gss_data(cfg)
+    init = {k: v.clone() for k, v in P.federation(cfg, data).global_state.items()}
+    corrected = P.run(cfg, data, progress=False).global_state
+    plain = P.run(cfg.replace(server_bias_correction=False), data, progress=False).global_state
+    key = "head.2.weight"
+    moved, moved_plain = (corrected[key] - init[key]).double(), (plain[key] - init[key]).double()
+    clear = moved.abs() > 0.5 * cfg.lr          # elements whose gradient is not ~0 (some of the head's get none)
+    assert clear.float().mean() > 0.5 and (clear | (moved.abs() < 1e-3 * cfg.lr)).all()
+    # where |Delta| is not far above Adam's tau (1e-8) the step is shorter: the bulk is exactly lr
+    unit = (moved[clear].abs() / cfg.lr - 1).abs() < 1e-3
+    assert unit.float().mean() > 0.9 and (moved[clear].abs() <= cfg.lr * (1 + 1e-3)).all()
+    ratio = moved_plain[clear][unit] / moved[clear][unit]
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.1 / 0.001**0.5), rtol=0.05)    # tau weighs more here
