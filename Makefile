@@ -62,6 +62,7 @@ bench: env
 	$(BIN)/python benchmarks/dpo_step.py
 	$(BIN)/python benchmarks/grpo_step.py
 	$(BIN)/python benchmarks/paper_steps.py
+	$(BIN)/python benchmarks/fed_round.py
 
 base-model: env
 	$(BIN)/python -m fedalign_lite.recipes.base_model
