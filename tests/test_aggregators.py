@@ -16,6 +16,11 @@ def test_fedavg_is_sample_weighted():
     assert torch.allclose(new["w"], torch.tensor([3.0, 2.0]))
 
 
+def test_fedavg_of_states_without_floats_keeps_the_first_clients_entries():
+    out = weighted_average([{"step": torch.tensor([3])}, {"step": torch.tensor([5])}], [1, 1])
+    assert out == {"step": torch.tensor([3])} and weighted_average([{}, {}], [1, 2]) == {}
+
+
 def test_fedavg_of_identical_clients_is_the_client():
     s = {"a": torch.randn(3, 4), "b": torch.randn(5)}
     out = weighted_average([s, s, s], [3, 1, 7])

@@ -22,7 +22,7 @@ def weighted_average(states: list[dict], weights: list[float]) -> dict:
     # every float entry in one flat vector: the same float64 multiply-adds per element as key by key (so the
     # same numbers), without a Python loop over keys for each client
     acc = torch.zeros(sum(states[0][k].numel() for k in floats), dtype=torch.float64)
-    for s, w in zip(states, weights):
+    for s, w in zip(states if floats else [], weights):
         acc += torch.cat([s[k].reshape(-1).to(torch.float64) for k in floats]) * (w / total)
     flat = dict(zip(floats, acc.split([states[0][k].numel() for k in floats])))
     return {key: flat[key].view(ref.shape).to(ref.dtype) if key in flat else ref.clone()
