@@ -19,13 +19,16 @@ def weighted_average(states: list[dict], weights: list[float]) -> dict:
     if total <= 0:
         raise ValueError(f"aggregation weights must sum to > 0, got {weights}")
     floats = [k for k, ref in states[0].items() if torch.is_floating_point(ref)]
-    # every float entry in one flat vector: the same float64 multiply-adds per element as key by key (so the
-    # same numbers), without a Python loop over keys for each client
-    acc = torch.zeros(sum(states[0][k].numel() for k in floats), dtype=torch.float64)
-    for s, w in zip(states if floats else [], weights):
-        acc += torch.cat([s[k].reshape(-1).to(torch.float64) for k in floats]) * (w / total)
-    flat = dict(zip(floats, acc.split([states[0][k].numel() for k in floats])))
-    return {key: flat[key].view(ref.shape).to(ref.dtype) if key in flat else ref.clone()
+    averaged = {}
+    if floats:
+        # every float entry in one flat vector: the same float64 multiply-adds per element as key by key (so
+        # the same numbers), without a Python loop over keys for each client
+        sizes = [states[0][k].numel() for k in floats]
+        acc = torch.zeros(sum(sizes), dtype=torch.float64)
+        for s, w in zip(states, weights):
+            acc += torch.cat([s[k].reshape(-1).to(torch.float64) for k in floats]) * (w / total)
+        averaged = dict(zip(floats, acc.split(sizes)))
+    return {key: averaged[key].view(ref.shape).to(ref.dtype) if key in averaged else ref.clone()
             for key, ref in states[0].items()}
 
 
@@ -54,11 +57,10 @@ def make_server_optimizer(kind: str, lr: float = 1.0, momentum: float = 0.9, bet
     def aggregate(global_state: dict, updates: list, server_state: dict):
         avg, _ = aggregate_fedavg(global_state, updates, server_state)
         new_global, new_server = {}, {}
-        step = int(server_state["step"].item()) + 1 if "step" in server_state else 1
-        # m and v are divided by these (1 without bias correction)
-        m_scale, v_scale = (1 - momentum**step, 1 - beta2**step) if bias_correction else (1.0, 1.0)
         if bias_correction:
+            step = int(server_state["step"].item()) + 1 if "step" in server_state else 1
             new_server["step"] = torch.tensor([step])
+            m_scale, v_scale = 1 - momentum**step, 1 - beta2**step
         for key, theta in global_state.items():
             if not torch.is_floating_point(theta):
                 new_global[key] = avg[key]
@@ -73,7 +75,8 @@ def make_server_optimizer(kind: str, lr: float = 1.0, momentum: float = 0.9, bet
                 m = momentum * m + (1 - momentum) * delta
                 v = beta2 * v + (1 - beta2) * delta * delta
                 new_server[f"v/{key}"] = v
-                new_global[key] = theta + lr * (m / m_scale) / ((v / v_scale).sqrt() + tau)
+                m_hat, v_hat = (m / m_scale, v / v_scale) if bias_correction else (m, v)
+                new_global[key] = theta + lr * m_hat / (v_hat.sqrt() + tau)
             new_server[f"m/{key}"] = m
         return new_global, new_server
 
