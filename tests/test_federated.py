@@ -1,18 +1,21 @@
 """The round loop: determinism, faults, bytes, checkpoints, kill-and-resume."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from fedalign_lite.errors import AllClientsFailedError, CheckpointError
 from fedalign_lite.federated.checkpoint import load_checkpoint, save_checkpoint
-from fedalign_lite.federated.loop import derive_seed, sample_clients
+from fedalign_lite.federated.loop import derive_seed, load_state, private_copy, sample_clients
+from fedalign_lite.seeding import seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_algorithm as toy  # noqa: E402
@@ -69,6 +72,68 @@ def test_seeds_and_sampling():
     assert derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
     assert sample_clients(10, 3, seed=0, round_=1) == sample_clients(10, 3, seed=0, round_=1)
     assert len(set(sample_clients(10, 3, 0, 1))) == 3 and sample_clients(4, 4, 0, 1) == [0, 1, 2, 3]
+
+
+def test_seed_everything_draws_as_the_global_seeders():
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist(), torch.randint(0, 10**6, (2,)).tolist()
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    torch.manual_seed(8)
+    seed_everything(7)
+    assert draws() == expected
+    seed_everything(8)
+    assert draws() != expected
+
+
+def test_load_state_is_load_state_dict_and_refuses_a_mismatch():
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))   # parameters and buffers
+
+    torch.manual_seed(0)
+    source = model()
+    source(torch.randn(5, 3))                                      # moves the running statistics
+    fast, reference = model(), model()
+    load_state(fast, source.state_dict())
+    reference.load_state_dict(source.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), reference.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), source.state_dict().values()))
+    assert not any(p.grad is not None for p in fast.parameters())
+    with pytest.raises(ValueError, match="missing keys"):
+        load_state(fast, {k: v for k, v in source.state_dict().items() if k != "0.bias"})
+    with pytest.raises(ValueError, match="'0.bias' has shape"):
+        load_state(fast, {**source.state_dict(), "0.bias": torch.zeros(1)})   # would broadcast under copy_
+
+
+def test_private_copy_equals_deepcopy_and_shares_no_tensor():
+    import copy
+
+    leaf = torch.randn(3, requires_grad=True)
+    state = {"lr_step": 3, "adam": {"exp_avg/w": torch.randn(2, 2), "step/w": torch.tensor(4.0)},
+             "history": [1.5, (torch.arange(3), "tag")], "leaf": leaf, "array": np.arange(4)}
+    copied, reference = private_copy(state), copy.deepcopy(state)
+
+    def flat(obj):
+        if isinstance(obj, dict):
+            return [x for k in obj for x in [k, *flat(obj[k])]]
+        if isinstance(obj, (list, tuple)):
+            return [type(obj).__name__, *(x for v in obj for x in flat(v))]
+        return [obj]
+
+    for a, b in zip(flat(copied), flat(reference), strict=True):
+        assert type(a) is type(b)
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b) and a.dtype == b.dtype and a.requires_grad == b.requires_grad
+        elif isinstance(a, np.ndarray):
+            assert (a == b).all()
+        else:
+            assert a == b
+    copied["adam"]["exp_avg/w"].add_(1.0)
+    copied["history"][1][0].add_(1)
+    copied["array"] += 1
+    assert torch.equal(state["adam"]["exp_avg/w"], reference["adam"]["exp_avg/w"])
+    assert torch.equal(state["history"][1][0], torch.arange(3)) and (state["array"] == np.arange(4)).all()
 
 
 def test_checkpoint_roundtrip_keeps_types(tmp_path):

