@@ -1,4 +1,5 @@
 """The round loop: determinism, faults, bytes, checkpoints, kill-and-resume."""
+import copy
 import json
 import os
 import random
@@ -107,8 +108,6 @@ def test_load_state_is_load_state_dict_and_refuses_a_mismatch():
 
 
 def test_private_copy_equals_deepcopy_and_shares_no_tensor():
-    import copy
-
     leaf = torch.randn(3, requires_grad=True)
     state = {"lr_step": 3, "adam": {"exp_avg/w": torch.randn(2, 2), "step/w": torch.tensor(4.0)},
              "history": [1.5, (torch.arange(3), "tag")], "leaf": leaf, "array": np.arange(4)}
