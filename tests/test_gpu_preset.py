@@ -21,7 +21,7 @@ TINY = {
         eval_prompts=2))),
     "fedmoa": (lambda: fedmoa.federation(fedmoa.get_preset(
         "gpu", num_clients=4, rounds=1, local_steps=1, prompts_per_step=1, group_size=2, max_new_tokens=6,
-        eval_prompts=1))),
+        eval_prompts=1, val_prompts=2))),
 }
 
 
