@@ -56,7 +56,8 @@ def run_grid(base_cfg, variants: dict[str, tuple[str, dict]], seeds: list[int], 
     """
     counts = seed_counts or {}
     jobs = [(name, seed) for i, seed in enumerate(seeds) for name in variants if i < counts.get(name, len(seeds))]
-    order = sorted(range(len(jobs)), key=lambda j: -(costs or {}).get(jobs[j][0], 1.0))   # stable sort
+    cost = costs or {}
+    order = sorted(range(len(jobs)), key=lambda j: -cost.get(jobs[j][0], 1.0))   # stable: seeds keep their order
     calls = [(run_one, variants[name][0], base_cfg.replace(seed=seed, **variants[name][1]))
              for name, seed in (jobs[j] for j in order)]
     records = [None] * len(jobs)

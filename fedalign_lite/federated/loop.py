@@ -117,8 +117,8 @@ def load_state(model: torch.nn.Module, state: dict) -> None:
     """Copy ``state`` into ``model``'s parameters and buffers in place, as ``model.load_state_dict(state)``
     does for a state with exactly the model's keys and shapes (anything else is a ValueError).
 
-    About a tenth of ``load_state_dict``'s cost (no per-module walk, no hooks), which counts when a small
-    model is loaded for every client in every round.
+    About a third of ``load_state_dict``'s cost for GPO (0.23 ms against 0.7 ms: no hooks, no per-module
+    loading), which counts when a small model is loaded for every client in every round.
     """
     targets = model.state_dict(keep_vars=True)
     if targets.keys() != state.keys():
